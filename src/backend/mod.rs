@@ -1,0 +1,619 @@
+//! One PGlite backend: a PostgreSQL 18.6 session running in its own wasmtime store on a thread of
+//! its own, driven with wire-protocol bytes.
+//!
+//! ```no_run
+//! use pglite_harness::Backend;
+//! use postgres_protocol::message::frontend;
+//!
+//! let mut backend = Backend::builder().open()?;           // memory://, booted from the template
+//! let mut msg = bytes::BytesMut::new();
+//! frontend::query("SELECT version()", &mut msg)?;
+//! let reply = backend.exec(&msg)?;                          // RowDescription, DataRow, ..., ReadyForQuery
+//! assert_eq!(reply.last(), Some(&b'I'));
+//! backend.close()?;                                         // shutdown checkpoint
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod datadir;
+mod log;
+mod protocol;
+mod simple;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+
+pub use datadir::{DataDir, LOCK_FILE};
+pub use protocol::ProtocolError;
+pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
+
+use crate::assets;
+use crate::runtime::{BACKEND_THREAD_STACK, CallError, PgInstance, Runtime, RuntimeError};
+use crate::vfs::{Durability, Vfs};
+use log::ServerLog;
+use protocol::StartupPacket;
+
+/// Where PGDATA is mounted in the virtual filesystem.
+const PGDATA: &str = "/pglite/data";
+
+/// Errors of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The engine or module is unavailable.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// PostgreSQL did not start.
+    #[error("PostgreSQL failed to start: {reason}")]
+    Boot {
+        /// What the backend reported (its last FATAL line, or the trap).
+        reason: String,
+        /// The last lines of the server log.
+        log: Vec<String>,
+    },
+    /// The data directory is open in another backend, in this process or another.
+    #[error("data directory {path} is already in use by another PGlite backend (lock file {LOCK_FILE})")]
+    DataDirLocked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An extension bundle that the package does not ship.
+    #[error("unknown extension bundle {name:?}; available: {available}")]
+    UnknownExtension {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        available: String,
+    },
+    /// An invalid setting name or value.
+    #[error("invalid setting {name:?}: {reason}")]
+    InvalidSetting {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The bytes given to `exec` are not complete frontend messages; nothing was executed.
+    #[error("malformed frontend message: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// This call ended the backend (a FATAL error or a trap). `output` holds what it sent
+    /// before, usually the FATAL ErrorResponse, for the client.
+    #[error("the backend died: {reason}")]
+    Fatal {
+        /// Why.
+        reason: String,
+        /// The backend's bytes up to the failure.
+        output: Vec<u8>,
+    },
+    /// The backend died earlier; it serves no more calls.
+    #[error("the backend is dead: {reason}")]
+    Dead {
+        /// Why it died.
+        reason: String,
+    },
+    /// The clean shutdown failed; the data directory will be recovered on next open.
+    #[error("shutdown failed: {0}")]
+    Shutdown(String),
+    /// An I/O error outside the data directory.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How to start a [`Backend`]; see [`Backend::builder`].
+#[derive(Debug, Clone)]
+pub struct BackendBuilder {
+    data_dir: DataDir,
+    settings: Vec<(String, String)>,
+    extensions: Vec<String>,
+    durability: Durability,
+    debug: Option<u8>,
+}
+
+impl Default for BackendBuilder {
+    fn default() -> Self {
+        Self {
+            data_dir: DataDir::Memory,
+            settings: Vec::new(),
+            extensions: Vec::new(),
+            durability: Durability::Relaxed,
+            debug: None,
+        }
+    }
+}
+
+/// Settings always passed at start (the official client's, §3.1 step 12).
+const OFFICIAL_SETTINGS: &[(&str, &str)] = &[
+    ("search_path", "public"),
+    ("exit_on_error", "false"),
+    ("log_checkpoints", "false"),
+    ("max_worker_processes", "0"),
+    ("max_parallel_workers", "0"),
+    ("max_parallel_workers_per_gather", "0"),
+    ("io_method", "sync"),
+    ("max_parallel_maintenance_workers", "0"),
+];
+
+/// Settings this crate chooses for tests, overridable with [`BackendBuilder::setting`]:
+/// 16 MB of shared buffers keeps an instance at the module's 128 MiB minimum of linear memory
+/// (the template's 128 MB would grow it to ~190 MiB).
+const DEFAULT_SETTINGS: &[(&str, &str)] = &[("shared_buffers", "16MB")];
+
+impl BackendBuilder {
+    /// Where the data lives (default: [`DataDir::Memory`]).
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().data_dir("./data/app").open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn data_dir(mut self, data_dir: impl Into<DataDir>) -> Self {
+        self.data_dir = data_dir.into();
+        self
+    }
+
+    /// A server setting passed at start as `-c name=value` (e.g. `work_mem`, `shared_buffers`).
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().setting("work_mem", "16MB").open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Makes an extension bundle available (`hstore`, `pg_trgm`, `citext`, `pgcrypto`, ...; see
+    /// [`extension_bundle_names`](crate::extension_bundle_names)); `CREATE EXTENSION` then works.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().extension("hstore").open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn extension(mut self, bundle: impl Into<String>) -> Self {
+        self.extensions.push(bundle.into());
+        self
+    }
+
+    /// Whether fsync really syncs (default [`Durability::Relaxed`], PGlite's own: committed data
+    /// survives a crash of the process, not necessarily of the machine).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Postgres' debug level (`-d N`, 1–5), for its server log.
+    pub fn debug(mut self, level: u8) -> Self {
+        self.debug = Some(level);
+        self
+    }
+
+    /// Boots the backend.
+    pub fn open(self) -> Result<Backend, BackendError> {
+        Backend::open(self)
+    }
+
+    fn argv(&self) -> Result<Vec<String>, BackendError> {
+        let mut argv: Vec<String> = ["/pglite/bin/postgres", "--single"].map(String::from).to_vec();
+        if self.durability == Durability::Relaxed {
+            argv.push("-F".into());
+        }
+        argv.extend(["-O", "-j"].map(String::from));
+        if let Some(level) = self.debug {
+            argv.extend(["-d".to_owned(), level.clamp(1, 5).to_string()]);
+        }
+        let user = self.settings.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let defaults = DEFAULT_SETTINGS.iter().copied().filter(|(n, _)| !self.settings.iter().any(|(m, _)| m == n));
+        for (name, value) in OFFICIAL_SETTINGS.iter().copied().chain(defaults).chain(user) {
+            validate_setting(name, value)?;
+            argv.extend(["-c".to_owned(), format!("{name}={value}")]);
+        }
+        argv.extend(["-D".to_owned(), PGDATA.to_owned(), "postgres".to_owned()]);
+        Ok(argv)
+    }
+}
+
+fn validate_setting(name: &str, value: &str) -> Result<(), BackendError> {
+    let invalid = |reason: &str| BackendError::InvalidSetting { name: name.to_owned(), reason: reason.to_owned() };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+        return Err(invalid("names are letters, digits, '_' and '.'"));
+    }
+    if value.contains('\0') {
+        return Err(invalid("values cannot contain NUL"));
+    }
+    Ok(())
+}
+
+/// A running PGlite backend: one PostgreSQL session in a store of its own, on a thread of its own.
+///
+/// Each backend is fully isolated from every other (its own linear memory, filesystem and
+/// session). It is a single session: [`exec`](Backend::exec) is serial, and the TCP server of this
+/// crate is what shares one backend among many clients.
+pub struct Backend {
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    data_dir: DataDir,
+    dead: Option<String>,
+    boot_time: Duration,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("data_dir", &self.data_dir).field("dead", &self.dead).finish_non_exhaustive()
+    }
+}
+
+enum Command {
+    Exec(Vec<u8>, mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>),
+    Startup(Vec<u8>, mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>),
+    InTransaction(mpsc::SyncSender<Result<bool, CallError>>),
+    MemorySize(mpsc::SyncSender<usize>),
+    Close(mpsc::SyncSender<Result<(), CallError>>),
+}
+
+impl Backend {
+    /// A builder: in memory by default, with the official start parameters.
+    pub fn builder() -> BackendBuilder {
+        BackendBuilder::default()
+    }
+
+    fn open(builder: BackendBuilder) -> Result<Backend, BackendError> {
+        let started = Instant::now();
+        let runtime = Runtime::global()?;
+        let argv = builder.argv()?;
+        let extensions = builder
+            .extensions
+            .iter()
+            .map(|name| {
+                assets::extension_bundle(name).ok_or_else(|| BackendError::UnknownExtension {
+                    name: name.clone(),
+                    available: assets::extension_bundle_names().collect::<Vec<_>>().join(", "),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let (lock, mut vfs) = match &builder.data_dir {
+            DataDir::Memory => (None, fork(memory_template_vfs())?),
+            DataDir::Path(dir) => {
+                let lock = datadir::prepare(dir)?;
+                let mut vfs = fork(base_vfs())?;
+                vfs.create_dir_all(PGDATA, 0o700).map_err(|e| vfs_error(dir, e))?;
+                vfs.mount_host_dir(PGDATA, dir, builder.durability).map_err(|e| vfs_error(dir, e))?;
+                (Some(lock), vfs)
+            }
+        };
+        for bundle in extensions {
+            for (path, mode) in &bundle.dirs {
+                vfs.create_dir_all(&format!("/pglite/{path}"), *mode).map_err(|e| vfs_error(Path::new(path), e))?;
+            }
+            for file in &bundle.files {
+                vfs.write_file(&format!("/pglite/{}", file.path), &file.data, 0o755)
+                    .map_err(|e| vfs_error(Path::new(&file.path), e))?;
+            }
+        }
+        let log = ServerLog::new();
+        for fd in [1, 2] {
+            let log = log.clone();
+            vfs.set_output_sink(fd, Arc::new(move |bytes: &[u8]| log.write(bytes)));
+        }
+
+        let (commands, receiver) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("pglite-backend".into())
+            .stack_size(BACKEND_THREAD_STACK)
+            .spawn(move || {
+                let mut instance = match PgInstance::instantiate(runtime, vfs, environ()).and_then(|mut i| i.boot(&argv).map(|()| i)) {
+                    Ok(instance) => instance,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(boot_error(e, &log)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                serve(&mut instance, receiver, &log);
+                drop(instance);
+                drop(lock);
+            })
+            .map_err(|source| BackendError::Io { context: "cannot start the backend thread".into(), source })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(BackendError::Boot { reason: "the backend thread panicked".into(), log: Vec::new() });
+            }
+        }
+        Ok(Backend {
+            commands,
+            thread: Some(thread),
+            data_dir: builder.data_dir,
+            dead: None,
+            boot_time: started.elapsed(),
+        })
+    }
+
+    /// Executes complete frontend messages (simple or extended protocol, COPY data included) and
+    /// returns the backend's reply bytes.
+    ///
+    /// * A StartupMessage (a packet without a type byte) is answered like a fresh connection:
+    ///   AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery. SSLRequest and
+    ///   GSSENCRequest are answered `N`; CancelRequest and Terminate are not forwarded.
+    /// * An SQL error is an ErrorResponse in the reply; the backend keeps serving.
+    /// * `COPY ... FROM STDIN` must come with all its CopyData and CopyDone in the same call;
+    ///   without them the COPY fails with an error (and the backend survives).
+    /// * Malformed bytes are refused with [`BackendError::Protocol`] without reaching Postgres.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// let mut msg = bytes::BytesMut::new();
+    /// postgres_protocol::message::frontend::query("SELECT 1/0", &mut msg)?;
+    /// let reply = backend.exec(&msg)?; // an ErrorResponse (22012), then ReadyForQuery
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exec(&mut self, messages: &[u8]) -> Result<Vec<u8>, BackendError> {
+        if let Some(reason) = &self.dead {
+            return Err(BackendError::Dead { reason: reason.clone() });
+        }
+        if messages.first() == Some(&0) {
+            return match protocol::startup_packet(messages)? {
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => Ok(b"N".to_vec()),
+                StartupPacket::CancelRequest => Ok(Vec::new()),
+                StartupPacket::Startup => self.round_trip(|reply| Command::Startup(messages.to_vec(), reply)),
+            };
+        }
+        let frames = protocol::frames(messages)?;
+        let end = frames.iter().find(|f| f.tag == b'X').map_or(messages.len(), |f| f.start);
+        if end == 0 {
+            return Ok(Vec::new());
+        }
+        self.round_trip(|reply| Command::Exec(messages[..end].to_vec(), reply))
+    }
+
+    fn round_trip(
+        &mut self,
+        command: impl FnOnce(mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>) -> Command,
+    ) -> Result<Vec<u8>, BackendError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let reply = self.commands.send(command(reply_tx)).ok().and_then(|()| reply_rx.recv().ok());
+        match reply {
+            Some((output, Ok(()))) => Ok(output),
+            Some((output, Err(e))) => {
+                let reason = fatal_reason(&output).unwrap_or_else(|| e.to_string());
+                self.dead = Some(reason.clone());
+                Err(BackendError::Fatal { reason, output })
+            }
+            None => {
+                let reason = "the backend thread is gone".to_owned();
+                self.dead = Some(reason.clone());
+                Err(BackendError::Dead { reason })
+            }
+        }
+    }
+
+    /// Runs `sql` with the simple query protocol and returns its rows as text. An SQL error is
+    /// in [`SimpleQueryOutput::error`], not an `Err`: the backend is fine.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().open()?;
+    /// let out = backend.simple_query("SELECT 6 * 7 AS answer")?;
+    /// assert_eq!(out.scalar(), Some("42"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn simple_query(&mut self, sql: &str) -> Result<SimpleQueryOutput, BackendError> {
+        let mut msg = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut msg).map_err(|source| BackendError::Io {
+            context: "cannot encode the query".into(),
+            source,
+        })?;
+        Ok(SimpleQueryOutput::parse(&self.exec(&msg)?))
+    }
+
+    /// Whether a transaction block is open (the session is not idle).
+    pub fn in_transaction(&mut self) -> Result<bool, BackendError> {
+        if let Some(reason) = &self.dead {
+            return Err(BackendError::Dead { reason: reason.clone() });
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = self.commands.send(Command::InTransaction(tx));
+        match rx.recv() {
+            Ok(Ok(open)) => Ok(open),
+            Ok(Err(e)) => {
+                self.dead = Some(e.to_string());
+                Err(BackendError::Dead { reason: e.to_string() })
+            }
+            Err(_) => Err(BackendError::Dead { reason: "the backend thread is gone".into() }),
+        }
+    }
+
+    /// Why the backend died, if it did.
+    pub fn dead_reason(&self) -> Option<&str> {
+        self.dead.as_deref()
+    }
+
+    /// Where its data lives.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+
+    /// How long [`BackendBuilder::open`] took.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Size of the backend's linear memory in bytes.
+    pub fn memory_size(&self) -> usize {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = self.commands.send(Command::MemorySize(tx));
+        rx.recv().unwrap_or(0)
+    }
+
+    /// Shuts down cleanly: a shutdown checkpoint, so that a data directory reopens without
+    /// recovery, then the lock is released. Dropping a backend does the same, ignoring errors.
+    pub fn close(mut self) -> Result<(), BackendError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), BackendError> {
+        let Some(thread) = self.thread.take() else { return Ok(()) };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let result = match self.commands.send(Command::Close(tx)) {
+            Ok(()) => rx.recv().unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        let _ = thread.join();
+        match (result, &self.dead) {
+            (_, Some(_)) => Ok(()),
+            (Ok(()), None) => Ok(()),
+            (Err(e), None) => Err(BackendError::Shutdown(e.to_string())),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("PGlite backend shutdown on drop: {e}");
+        }
+    }
+}
+
+/// The worker loop: runs commands until `Close` or until the handle is dropped.
+fn serve(instance: &mut PgInstance, commands: mpsc::Receiver<Command>, log: &ServerLog) {
+    let mut dead = false;
+    for command in commands.iter() {
+        match command {
+            Command::Exec(bytes, reply) | Command::Startup(bytes, reply) if dead => {
+                let _ = bytes;
+                let _ = reply.send((Vec::new(), Err(CallError::Trap("dead".into()))));
+            }
+            Command::Exec(bytes, reply) => {
+                let (output, result) = instance.exec(&bytes);
+                dead |= result.is_err();
+                if let Err(e) = &result {
+                    tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
+                }
+                let _ = reply.send((output, result));
+            }
+            Command::Startup(bytes, reply) => {
+                let (output, result) = instance.startup(&bytes);
+                dead |= result.is_err();
+                let _ = reply.send((output, result));
+            }
+            Command::InTransaction(reply) => {
+                let _ = reply.send(instance.in_transaction_block());
+            }
+            Command::MemorySize(reply) => {
+                let _ = reply.send(instance.memory_size());
+            }
+            Command::Close(reply) => {
+                let result = if dead { Ok(()) } else { instance.shutdown() };
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+    // The handle was dropped without Close (it always sends Close; this is a panic path).
+    if !dead {
+        let _ = instance.shutdown();
+    }
+}
+
+fn boot_error(e: CallError, log: &ServerLog) -> BackendError {
+    let reason = match (&e, log.last_problem()) {
+        (CallError::Exit(_), Some(line)) => format!("{line} ({e})"),
+        _ => e.to_string(),
+    };
+    BackendError::Boot { reason, log: log.recent() }
+}
+
+/// The last ErrorResponse in `output`, as text.
+fn fatal_reason(output: &[u8]) -> Option<String> {
+    SimpleQueryOutput::parse(output).error.map(|e| e.to_string())
+}
+
+/// The environment of §3.1, as libc sees it.
+fn environ() -> Vec<Vec<u8>> {
+    [
+        "USER=postgres",
+        "LOGNAME=postgres",
+        "PATH=/",
+        "PWD=/",
+        "HOME=/home/postgres",
+        "LANG=en_US.UTF-8",
+        "_=/pglite/bin/postgres",
+        "PGDATA=/pglite/data",
+        "PGUSER=postgres",
+        "PGDATABASE=postgres",
+        "LC_CTYPE=en_US.UTF-8",
+        "LC_COLLATE=en_US.UTF-8",
+        "TZ=UTC",
+        "PGTZ=UTC",
+        "PGCLIENTENCODING=UTF8",
+        "ICU_DATA=/pglite/icu",
+    ]
+    .iter()
+    .map(|kv| kv.as_bytes().to_vec())
+    .collect()
+}
+
+/// The filesystem every instance starts from: the contents of `pglite.data`.
+fn base_vfs() -> &'static Mutex<Vfs> {
+    static BASE: OnceLock<Mutex<Vfs>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut vfs = Vfs::new();
+        let tree = assets::pglite_data_tree();
+        for (dir, mode) in &tree.dirs {
+            vfs.create_dir_all(dir, *mode).expect("package directories are valid paths");
+        }
+        for file in &tree.files {
+            vfs.write_file(&file.path, &file.data, file.mode).expect("package files are valid paths");
+        }
+        vfs.create_dir_all(PGDATA, 0o700).expect("PGDATA is a valid path");
+        Mutex::new(vfs)
+    })
+}
+
+/// [`base_vfs`] with the template PGDATA in memory: what a `memory://` instance starts from.
+fn memory_template_vfs() -> &'static Mutex<Vfs> {
+    static TEMPLATE: OnceLock<Mutex<Vfs>> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let mut vfs = base_vfs().lock().expect("base vfs").fork().expect("the base filesystem has no host mounts");
+        let template = assets::pgdata_template();
+        for (dir, mode) in &template.dirs {
+            vfs.create_dir_all(&format!("{PGDATA}/{dir}"), *mode).expect("template directories are valid paths");
+        }
+        for file in &template.files {
+            vfs.write_file(&format!("{PGDATA}/{}", file.path), &file.data, file.mode).expect("template files are valid paths");
+        }
+        Mutex::new(vfs)
+    })
+}
+
+fn fork(template: &Mutex<Vfs>) -> Result<Vfs, BackendError> {
+    template.lock().unwrap_or_else(|e| e.into_inner()).fork().map_err(|e| BackendError::Io {
+        context: "cannot copy the template filesystem".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn vfs_error(path: &Path, e: crate::vfs::Errno) -> BackendError {
+    BackendError::DataDir { path: path.to_owned(), reason: format!("virtual filesystem: {e}") }
+}
+

@@ -1,0 +1,37 @@
+//! # pglite-harness
+//!
+//! A real PostgreSQL 18.6 for every Rust test, in-process: [PGlite] (PostgreSQL compiled to
+//! WebAssembly, the official build of `@electric-sql/pglite` 0.5.16) runs on wasmtime inside
+//! your process. No Docker, no system Postgres, no Node.
+//!
+//! The layers, bottom up:
+//! * [`runtime`]: the Emscripten host for wasmtime — one engine and compiled module per process,
+//!   cached on disk so later processes load it in milliseconds.
+//! * `vfs`: the virtual filesystem behind the module's syscalls (in memory, or a host directory).
+//! * [`Backend`]: one PostgreSQL session, driven with wire-protocol bytes.
+//!
+//! ```no_run
+//! use pglite_harness::Backend;
+//!
+//! let mut backend = Backend::builder().open()?;
+//! let mut msg = bytes::BytesMut::new();
+//! postgres_protocol::message::frontend::query("SELECT 42", &mut msg)?;
+//! let reply = backend.exec(&msg)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [PGlite]: https://pglite.dev
+
+#![warn(missing_docs)]
+
+mod assets;
+mod backend;
+pub mod runtime;
+pub(crate) mod vfs;
+
+pub use assets::extension_bundle_names;
+pub use backend::{
+    Backend, BackendBuilder, BackendError, DataDir, LOCK_FILE, Notification, ProtocolError, ServerMessage,
+    SimpleQueryOutput, StatementResult,
+};
+pub use vfs::Durability;

@@ -1,0 +1,216 @@
+//! The on-disk cache of compiled modules.
+//!
+//! Compiling `pglite.wasm` with Cranelift takes 10–30 s; loading the compiled artifact with
+//! `Module::deserialize_open_file` takes milliseconds and shares the code pages between processes
+//! through the page cache. That matters for process-per-test runners such as cargo-nextest.
+//!
+//! * Location: `$PGLITE_HARNESS_CACHE_DIR`, else `$XDG_CACHE_HOME/pglite-harness`, else
+//!   `$HOME/.cache/pglite-harness`; created user-private (0700). A directory that others may write
+//!   to is not used.
+//! * Key: the wasm's sha256 (computed at build time), the wasmtime version, the engine's
+//!   compatibility hash (settings and target), the target triple and the rewrite version.
+//! * Writes are atomic (temporary file, `fsync`, `rename`) and serialised by a lock file, so racing
+//!   first runs compile once. Each artifact carries its sha256 in a sidecar file; an artifact that
+//!   does not match it, or that wasmtime rejects, is rebuilt, never trusted.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Module};
+
+/// The environment variable that overrides the cache directory.
+pub const CACHE_DIR_ENV: &str = "PGLITE_HARNESS_CACHE_DIR";
+
+/// Errors of the module cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache directory could not be created or is unsafe to use.
+    #[error("module cache directory {path}: {reason}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a cache file failed.
+    #[error("module cache file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Where compiled modules are kept.
+#[derive(Clone, Debug)]
+pub struct ModuleCache {
+    dir: PathBuf,
+}
+
+/// How a module was obtained, for diagnostics and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// Loaded from a compiled artifact on disk.
+    Disk,
+    /// Compiled in this process (and written to disk when possible).
+    Compiled,
+}
+
+impl ModuleCache {
+    /// The cache at its default location (see the module docs).
+    pub fn from_env() -> Result<Self, CacheError> {
+        let dir = if let Some(dir) = std::env::var_os(CACHE_DIR_ENV).filter(|d| !d.is_empty()) {
+            PathBuf::from(dir)
+        } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            PathBuf::from(dir).join("pglite-harness")
+        } else if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            PathBuf::from(home).join(".cache").join("pglite-harness")
+        } else {
+            std::env::temp_dir().join(format!("pglite-harness-{}", current_uid()))
+        };
+        Self::at(dir)
+    }
+
+    /// A cache in `dir`, created user-private if missing.
+    pub fn at(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
+        let dir = dir.into();
+        let err = |reason: String| CacheError::Directory { path: dir.clone(), reason };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| err(format!("cannot create it: {e}")))?;
+        let meta = fs::metadata(&dir).map_err(|e| err(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(err("not a directory".into()));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(err(format!(
+                "group or others may write to it (mode {:o}); use a user-private directory",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the compiled form of `wasm` (named `name`, with sha256 `wasm_sha256`), compiling
+    /// and storing it on a miss. `prepare` turns the wasm into what is compiled (the rewrite).
+    pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        name: &str,
+        wasm_sha256: &str,
+        prepare: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
+    ) -> wasmtime::Result<(Module, ModuleSource)> {
+        let key = cache_key(engine, wasm_sha256);
+        let artifact = self.dir.join(format!("{name}-{key}.cwasm"));
+        if let Some(module) = self.try_load(engine, &artifact) {
+            return Ok((module, ModuleSource::Disk));
+        }
+        // Serialise compilation between processes: the second one waits, then finds the file.
+        let lock_path = self.dir.join(format!("{name}-{key}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| CacheError::Io { path: lock_path.clone(), source })?;
+        lock.lock().map_err(|source| CacheError::Io { path: lock_path.clone(), source })?;
+        if let Some(module) = self.try_load(engine, &artifact) {
+            return Ok((module, ModuleSource::Disk));
+        }
+        tracing::info!(artifact = %artifact.display(), "compiling {name} (once per machine; takes 10-30 s)");
+        let module = Module::new(engine, prepare()?)?;
+        if let Err(e) = write_artifact(&artifact, &module.serialize()?) {
+            tracing::warn!("could not store the compiled module: {e}");
+        }
+        drop(lock);
+        Ok((module, ModuleSource::Compiled))
+    }
+
+    fn try_load(&self, engine: &Engine, artifact: &Path) -> Option<Module> {
+        let mut file = File::open(artifact).ok()?;
+        let expected = fs::read_to_string(sidecar(artifact)).ok()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        if hex(&hasher.finalize()) != expected.trim() {
+            tracing::warn!(artifact = %artifact.display(), "compiled module does not match its checksum; rebuilding");
+            return None;
+        }
+        // SAFETY: the file was written by `write_artifact` in a user-private directory and its
+        // contents match the checksum recorded when it was written; it is replaced only by atomic
+        // renames, so the open file (and the mapping made from it) never changes underneath us.
+        match unsafe { Module::deserialize_open_file(engine, file) } {
+            Ok(module) => Some(module),
+            Err(e) => {
+                tracing::warn!(artifact = %artifact.display(), "compiled module rejected ({e}); rebuilding");
+                None
+            }
+        }
+    }
+}
+
+fn sidecar(artifact: &Path) -> PathBuf {
+    artifact.with_extension("cwasm.sha256")
+}
+
+fn write_artifact(artifact: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    let write = |path: &Path, contents: &[u8]| -> Result<(), CacheError> {
+        let io = |source| CacheError::Io { path: path.to_owned(), source };
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut file = File::create(&tmp).map_err(io)?;
+        file.write_all(contents).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)
+    };
+    write(&sidecar(artifact), hex(&Sha256::digest(bytes)).as_bytes())?;
+    write(artifact, bytes)
+}
+
+/// The part of the file name that changes whenever a compiled artifact would not fit.
+fn cache_key(engine: &Engine, wasm_sha256: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    super::rewrite::REWRITE_VERSION.hash(&mut hasher);
+    std::env::consts::ARCH.hash(&mut hasher);
+    std::env::consts::OS.hash(&mut hasher);
+    format!(
+        "{}-wasmtime{}-{:016x}",
+        &wasm_sha256[..16.min(wasm_sha256.len())],
+        WASMTIME_VERSION,
+        hasher.finish()
+    )
+}
+
+/// The wasmtime version this crate is built against (pinned in Cargo.toml).
+pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}

@@ -1,0 +1,360 @@
+//! A dynamic linker for Emscripten side modules (`.so` files with a `dylink.0` section), the part
+//! of the Emscripten runtime that `dlopen` reaches through `_dlopen_js`/`_dlsym_js` (§8 of the ABI
+//! notes). It loads `plpgsql.so` (every `DO` block and PL/pgSQL function) and the `.so` files of
+//! extension bundles (`CREATE EXTENSION hstore`, ...).
+//!
+//! For each library: memory from the main module's `calloc`, a range of new table slots, imports
+//! resolved against the main module's exports, the host's own imports and libraries loaded before
+//! (one global namespace), `GOT.mem`/`GOT.func` globals shared by every module of the instance,
+//! then `__wasm_apply_data_relocs` and `__wasm_call_ctors`.
+
+use std::collections::HashMap;
+
+use wasmtime::{
+    Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val, ValType,
+};
+
+use super::Runtime;
+use super::guest;
+use super::imports::with_memory;
+use super::sjlj;
+use super::state::HostState;
+
+type C<'a> = Caller<'a, HostState>;
+
+/// Offset of the file name (an inline C string) in Emscripten's `struct dso`.
+const DSO_NAME_OFFSET: i32 = 36;
+
+/// Side modules loaded into one instance, and the global offset table they share.
+#[derive(Default)]
+pub(crate) struct Dylinker {
+    libraries: Vec<Library>,
+    by_path: HashMap<String, usize>,
+    by_handle: HashMap<i32, usize>,
+    /// `GOT.mem.X` and `GOT.func.X` globals, and whether each has been given its value.
+    got: HashMap<(GotKind, String), (Global, bool)>,
+    /// Table slots handed out for functions, so a function gets one slot however often asked.
+    slots: HashMap<(Option<usize>, String), u32>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum GotKind {
+    Mem,
+    Func,
+}
+
+struct Library {
+    path: String,
+    instance: Instance,
+    memory_base: u32,
+}
+
+/// The memory and table needs of a side module, from its `dylink.0` section.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DylinkInfo {
+    pub memory_size: u32,
+    pub memory_align: u32,
+    pub table_size: u32,
+    pub table_align: u32,
+    pub needed: Vec<String>,
+}
+
+/// Reads the `dylink.0` custom section, which must come first in a side module.
+pub(crate) fn dylink_info(wasm: &[u8]) -> Result<DylinkInfo, String> {
+    use wasmparser::{Dylink0Subsection, KnownCustom, Parser, Payload};
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::Version { .. } => continue,
+            Payload::CustomSection(section) => {
+                let KnownCustom::Dylink0(reader) = section.as_known() else {
+                    break;
+                };
+                let mut info = DylinkInfo::default();
+                for sub in reader {
+                    match sub.map_err(|e| e.to_string())? {
+                        Dylink0Subsection::MemInfo(m) => {
+                            info.memory_size = m.memory_size;
+                            info.memory_align = m.memory_alignment;
+                            info.table_size = m.table_size;
+                            info.table_align = m.table_alignment;
+                        }
+                        Dylink0Subsection::Needed(libs) => {
+                            info.needed = libs.iter().map(|s| s.to_string()).collect();
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(info);
+            }
+            _ => break,
+        }
+    }
+    Err("not an Emscripten side module (no dylink.0 section first)".into())
+}
+
+/// `_dlopen_js(struct dso *handle) -> bool`.
+pub(crate) fn dlopen(c: &mut C<'_>, handle: i32) -> wasmtime::Result<i32> {
+    let path = with_memory(c, |mem, _| guest::cstr(mem, handle + DSO_NAME_OFFSET).map(|p| p.to_vec()));
+    let path = match path {
+        Ok(p) => String::from_utf8_lossy(&p).into_owned(),
+        Err(_) => return Ok(0),
+    };
+    if let Some(&index) = c.data().dylinker.by_path.get(&path) {
+        c.data_mut().dylinker.by_handle.insert(handle, index);
+        return Ok(1);
+    }
+    match load(c, &path) {
+        Ok(index) => {
+            c.data_mut().dylinker.by_handle.insert(handle, index);
+            Ok(1)
+        }
+        Err(LoadError::Message(message)) => {
+            tracing::debug!(target: "pglite_harness::dylink", "dlopen {path} failed: {message}");
+            set_error(c, &format!("could not load {path}: {message}"))?;
+            Ok(0)
+        }
+        Err(LoadError::Guest(e)) => Err(e),
+    }
+}
+
+/// `_dlsym_js(handle, symbol, *symbol_index) -> address or table slot`.
+pub(crate) fn dlsym(c: &mut C<'_>, handle: i32, symbol: i32, _index: i32) -> wasmtime::Result<i32> {
+    let name = with_memory(c, |mem, _| guest::cstr(mem, symbol).map(|s| String::from_utf8_lossy(s).into_owned()));
+    let Ok(name) = name else { return Ok(0) };
+    let dylinker = &c.data().dylinker;
+    let candidates: Vec<usize> = match dylinker.by_handle.get(&handle) {
+        Some(&index) => vec![index],
+        None => (0..dylinker.libraries.len()).collect(),
+    };
+    for index in candidates {
+        let library = &c.data().dylinker.libraries[index];
+        let (instance, base) = (library.instance, library.memory_base);
+        match instance.get_export(&mut *c, &name) {
+            Some(Extern::Func(func)) => return Ok(slot_for(c, Some(index), &name, func)? as i32),
+            Some(Extern::Global(global)) => {
+                return Ok(global.get(&mut *c).i32().unwrap_or(0).wrapping_add(base as i32));
+            }
+            _ => {}
+        }
+    }
+    let lib = c.data().dylinker.by_handle.get(&handle).map(|&i| c.data().dylinker.libraries[i].path.clone());
+    set_error(c, &format!("Tried to lookup unknown symbol \"{name}\" in dynamic lib: {}", lib.unwrap_or_default()))?;
+    Ok(0)
+}
+
+enum LoadError {
+    /// The library cannot be loaded; `dlerror` reports this.
+    Message(String),
+    /// The guest exited or trapped while initialising it; propagates as is.
+    Guest(wasmtime::Error),
+}
+
+impl From<String> for LoadError {
+    fn from(message: String) -> Self {
+        LoadError::Message(message)
+    }
+}
+
+fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
+    let bytes = c.data().vfs.read_file(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let info = dylink_info(&bytes)?;
+    for needed in &info.needed {
+        let needed_path = format!("/pglite/lib/postgresql/{needed}");
+        if !c.data().dylinker.by_path.contains_key(&needed_path) {
+            let index = load(c, &needed_path)?;
+            c.data_mut().dylinker.by_path.insert(needed_path, index);
+        }
+    }
+    let runtime = Runtime::global().map_err(|e| e.to_string())?;
+    let module = runtime.side_module(&bytes).map_err(|e| format!("cannot compile it: {e}"))?;
+    let exports = c.data().exports().clone();
+
+    // Memory and table space of its own.
+    let memory_base = if info.memory_size > 0 {
+        let align = 1i32 << info.memory_align.min(16);
+        let raw = exports.calloc.call(&mut *c, (info.memory_size as i32 + align, 1)).map_err(LoadError::Guest)?;
+        if raw == 0 {
+            return Err(format!("out of memory allocating {} bytes for it", info.memory_size).into());
+        }
+        ((raw + align - 1) & !(align - 1)) as u32
+    } else {
+        0
+    };
+    let table_base = exports.table.size(&*c) as u32;
+    if info.table_size > 0 {
+        exports
+            .table
+            .grow(&mut *c, u64::from(info.table_size), Ref::Func(None))
+            .map_err(|e| format!("cannot grow the table: {e}"))?;
+    }
+
+    let mut imports = Vec::new();
+    for import in module.imports() {
+        let (m, name) = (import.module(), import.name());
+        let ext = match (m, name, import.ty()) {
+            ("env", "memory", _) => Extern::Memory(exports.memory),
+            ("env", "__indirect_function_table", _) => Extern::Table(exports.table),
+            ("env", "__stack_pointer", _) => Extern::Global(exports.stack_pointer),
+            ("env", "__memory_base", _) => Extern::Global(const_i32(c, memory_base)?),
+            ("env", "__table_base", _) => Extern::Global(const_i32(c, table_base)?),
+            ("GOT.mem", _, _) => Extern::Global(got_entry(c, GotKind::Mem, name)?),
+            ("GOT.func", _, _) => Extern::Global(got_entry(c, GotKind::Func, name)?),
+            (_, _, wasmtime::ExternType::Func(ty)) => Extern::Func(resolve_function(c, runtime, path, name, ty)?),
+            ("env", _, wasmtime::ExternType::Global(_)) => match exports.instance.get_export(&mut *c, name) {
+                Some(Extern::Global(g)) => Extern::Global(g),
+                _ => return Err(format!("unresolved global import env.{name}").into()),
+            },
+            (m, name, ty) => return Err(format!("unsupported import {m}.{name} ({ty:?})").into()),
+        };
+        imports.push(ext);
+    }
+    let instance = Instance::new(&mut *c, &module, &imports).map_err(|e| format!("cannot instantiate it: {e}"))?;
+    let index = c.data().dylinker.libraries.len();
+    let dylinker = &mut c.data_mut().dylinker;
+    dylinker.libraries.push(Library { path: path.to_owned(), instance, memory_base });
+    dylinker.by_path.insert(path.to_owned(), index);
+
+    resolve_got(c).map_err(LoadError::Guest)?;
+    for init in ["__wasm_apply_data_relocs", "__wasm_call_ctors"] {
+        if let Some(func) = instance.get_typed_func::<(), ()>(&mut *c, init).ok() {
+            func.call(&mut *c, ()).map_err(LoadError::Guest)?;
+        }
+    }
+    tracing::debug!(target: "pglite_harness::dylink", path, memory_base, table_base, "loaded side module");
+    Ok(index)
+}
+
+fn const_i32(c: &mut C<'_>, value: u32) -> Result<Global, LoadError> {
+    let ty = GlobalType::new(ValType::I32, Mutability::Const);
+    Global::new(&mut *c, ty, Val::I32(value as i32)).map_err(|e| LoadError::Message(e.to_string()))
+}
+
+fn got_entry(c: &mut C<'_>, kind: GotKind, name: &str) -> Result<Global, LoadError> {
+    if let Some((global, _)) = c.data().dylinker.got.get(&(kind, name.to_owned())) {
+        return Ok(*global);
+    }
+    let ty = GlobalType::new(ValType::I32, Mutability::Var);
+    let global = Global::new(&mut *c, ty, Val::I32(0)).map_err(|e| LoadError::Message(e.to_string()))?;
+    c.data_mut().dylinker.got.insert((kind, name.to_owned()), (global, false));
+    Ok(global)
+}
+
+/// Gives every GOT entry not yet resolved its address or table slot, where a definition exists.
+fn resolve_got(c: &mut C<'_>) -> wasmtime::Result<()> {
+    let pending: Vec<(GotKind, String, Global)> = c
+        .data()
+        .dylinker
+        .got
+        .iter()
+        .filter(|(_, (_, done))| !done)
+        .map(|((kind, name), (global, _))| (*kind, name.clone(), *global))
+        .collect();
+    let main = c.data().exports().instance;
+    for (kind, name, global) in pending {
+        let value = match kind {
+            GotKind::Mem => data_address(c, main, &name),
+            GotKind::Func => function_slot(c, main, &name)?,
+        };
+        if let Some(value) = value {
+            global.set(&mut *c, Val::I32(value as i32))?;
+            c.data_mut().dylinker.got.get_mut(&(kind, name)).expect("entry exists").1 = true;
+        }
+    }
+    Ok(())
+}
+
+/// The address of data symbol `name`: the main module's first, then each library's.
+fn data_address(c: &mut C<'_>, main: Instance, name: &str) -> Option<u32> {
+    if let Some(Extern::Global(g)) = main.get_export(&mut *c, name) {
+        return g.get(&mut *c).i32().map(|v| v as u32);
+    }
+    let libraries: Vec<(Instance, u32)> = c.data().dylinker.libraries.iter().map(|l| (l.instance, l.memory_base)).collect();
+    libraries.into_iter().find_map(|(instance, base)| match instance.get_export(&mut *c, name) {
+        Some(Extern::Global(g)) => g.get(&mut *c).i32().map(|v| (v as u32).wrapping_add(base)),
+        _ => None,
+    })
+}
+
+/// The table slot of function `name`: the main module's first, then each library's.
+fn function_slot(c: &mut C<'_>, main: Instance, name: &str) -> wasmtime::Result<Option<u32>> {
+    if let Some(Extern::Func(f)) = main.get_export(&mut *c, name) {
+        return slot_for(c, None, name, f).map(Some);
+    }
+    let libraries: Vec<Instance> = c.data().dylinker.libraries.iter().map(|l| l.instance).collect();
+    for (index, instance) in libraries.into_iter().enumerate() {
+        if let Some(Extern::Func(f)) = instance.get_export(&mut *c, name) {
+            return slot_for(c, Some(index), name, f).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// A table slot holding `func`: the slot the main module's element segment already gave it, or
+/// a new one appended to the table (once per function).
+fn slot_for(c: &mut C<'_>, library: Option<usize>, name: &str, func: Func) -> wasmtime::Result<u32> {
+    let key = (library, name.to_owned());
+    if let Some(&slot) = c.data().dylinker.slots.get(&key) {
+        return Ok(slot);
+    }
+    let existing = if library.is_none() { Runtime::global()?.main_table_slot(name) } else { None };
+    let slot = match existing {
+        Some(slot) => slot,
+        None => {
+            let table = c.data().exports().table;
+            table.grow(&mut *c, 1, Ref::Func(Some(func)))? as u32
+        }
+    };
+    c.data_mut().dylinker.slots.insert(key, slot);
+    Ok(slot)
+}
+
+/// What a function import `name` of a side module binds to.
+fn resolve_function(
+    c: &mut C<'_>,
+    runtime: &Runtime,
+    path: &str,
+    name: &str,
+    ty: FuncType,
+) -> Result<Func, LoadError> {
+    let main = c.data().exports().instance;
+    let main_name = match name {
+        "getTempRet0" => "_emscripten_tempret_get",
+        "setTempRet0" => "_emscripten_tempret_set",
+        other => other,
+    };
+    if let Some(Extern::Func(f)) = main.get_export(&mut *c, main_name) {
+        return Ok(f);
+    }
+    if let Some(invoke_ty) = sjlj::invoke_type(c.engine(), name) {
+        return Ok(Func::new(&mut *c, invoke_ty, sjlj::invoke));
+    }
+    if let Ok(Extern::Func(f)) = runtime.linker.get(&mut *c, "env", name) {
+        return Ok(f);
+    }
+    let libraries: Vec<Instance> = c.data().dylinker.libraries.iter().map(|l| l.instance).collect();
+    for instance in libraries {
+        if let Some(Extern::Func(f)) = instance.get_export(&mut *c, name) {
+            return Ok(f);
+        }
+    }
+    // Like Emscripten's lazy stubs: the library loads, and only a call to the symbol fails.
+    let (symbol, library) = (name.to_owned(), path.to_owned());
+    Ok(Func::new(&mut *c, ty, move |_, _, _| {
+        wasmtime::bail!("{library} called {symbol}, which PGlite does not provide")
+    }))
+}
+
+/// Records a `dlerror` message through `__dl_seterr`.
+fn set_error(c: &mut C<'_>, message: &str) -> wasmtime::Result<()> {
+    let text = message.replace('%', "%%");
+    let exports = c.data().exports().clone();
+    let ptr = exports.malloc.call(&mut *c, text.len() as i32 + 1)?;
+    if ptr == 0 {
+        return Ok(());
+    }
+    with_memory(c, |mem, _| {
+        let _ = guest::write_bytes(mem, ptr, text.as_bytes());
+        let _ = guest::write_bytes(mem, ptr + text.len() as i32, &[0]);
+    });
+    exports.dl_seterr.call(&mut *c, (ptr, 0))
+}

@@ -1,0 +1,341 @@
+//! One PGlite instance in its own wasmtime store: the boot sequence, message execution and
+//! shutdown of §3.5, §4 and §9 of the ABI notes, single-threaded and synchronous.
+
+use wasmtime::{Caller, Func, Ref, Store, TypedFunc, WasmParams, WasmResults};
+
+use super::imports::with_memory;
+use super::sjlj::ProcessExit;
+use super::state::{Exports, HostState};
+use super::{Runtime, guest};
+use crate::vfs::Vfs;
+
+/// `exit` status with which `main()` reports a started single-user backend.
+const EXIT_STARTED: i32 = 99;
+/// `exit` status PGlite uses for a top-level ERROR (recovered by `PostgresMainLongJmp`).
+const EXIT_TOP_LEVEL_ERROR: i32 = 100;
+
+/// How a call into the instance failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// The guest called `exit(status)`.
+    Exit(i32),
+    /// A trap: a wasm fault, a stack overflow, an import refusing to continue.
+    Trap(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Exit(code) => write!(f, "the backend exited with status {code}"),
+            CallError::Trap(reason) => write!(f, "the backend trapped: {reason}"),
+        }
+    }
+}
+
+/// Exported functions the host drives the backend with.
+struct Entry {
+    ctors: TypedFunc<(), ()>,
+    set_rw_cbs: TypedFunc<(i32, i32), ()>,
+    set_system_fn: TypedFunc<i32, ()>,
+    set_popen_fn: TypedFunc<i32, ()>,
+    set_pclose_fn: TypedFunc<i32, ()>,
+    set_active: TypedFunc<i32, i32>,
+    main: TypedFunc<(i32, i32), i32>,
+    start: TypedFunc<(), ()>,
+    loop_once: TypedFunc<(), ()>,
+    long_jmp: TypedFunc<(), ()>,
+    send_ready_for_query: TypedFunc<(), ()>,
+    flush: TypedFunc<(), ()>,
+    remaining: TypedFunc<(), i32>,
+    stack_alloc: TypedFunc<i32, i32>,
+    run_atexit: TypedFunc<(), ()>,
+    is_transaction_block: TypedFunc<(), i32>,
+    my_proc_port: TypedFunc<(), i32>,
+    process_startup_packet: TypedFunc<(i32, i32, i32), i32>,
+    send_conn_data: TypedFunc<(), ()>,
+    fopen: TypedFunc<(i32, i32), i32>,
+    fclose: TypedFunc<i32, i32>,
+}
+
+/// A PGlite instance: a store with the main module instantiated and its host state.
+pub(crate) struct PgInstance {
+    store: Store<HostState>,
+    entry: Entry,
+}
+
+impl PgInstance {
+    /// Instantiates the module (its start function runs) over `vfs` with `environ`.
+    pub fn instantiate(runtime: &Runtime, vfs: Vfs, environ: Vec<Vec<u8>>) -> Result<Self, CallError> {
+        let mut store = Store::new(runtime.engine(), HostState::new(vfs, environ));
+        let instance = runtime.instance_pre().instantiate(&mut store).map_err(trap)?;
+        let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
+        macro_rules! func {
+            ($name:literal) => {
+                instance.get_typed_func(&mut store, $name).map_err(|_| missing($name))?
+            };
+        }
+        let exports = Exports {
+            instance,
+            memory: instance.get_memory(&mut store, "memory").ok_or_else(|| missing("memory"))?,
+            table: instance.get_table(&mut store, "__indirect_function_table").ok_or_else(|| missing("the table"))?,
+            stack_pointer: instance.get_global(&mut store, "__stack_pointer").ok_or_else(|| missing("__stack_pointer"))?,
+            set_threw: func!("setThrew"),
+            malloc: func!("malloc"),
+            calloc: func!("calloc"),
+            memalign: func!("emscripten_builtin_memalign"),
+            dl_seterr: func!("__dl_seterr"),
+        };
+        let entry = Entry {
+            ctors: func!("__wasm_call_ctors"),
+            set_rw_cbs: func!("pgl_set_rw_cbs"),
+            set_system_fn: func!("pgl_set_system_fn"),
+            set_popen_fn: func!("pgl_set_popen_fn"),
+            set_pclose_fn: func!("pgl_set_pclose_fn"),
+            set_active: func!("pgl_setPGliteActive"),
+            main: func!("__main_argc_argv"),
+            start: func!("pgl_startPGlite"),
+            loop_once: func!("PostgresMainLoopOnce"),
+            long_jmp: func!("PostgresMainLongJmp"),
+            send_ready_for_query: func!("PostgresSendReadyForQueryIfNecessary"),
+            flush: func!("pgl_pq_flush"),
+            remaining: func!("pq_buffer_remaining_data"),
+            stack_alloc: func!("_emscripten_stack_alloc"),
+            run_atexit: func!("pgl_run_atexit_funcs"),
+            is_transaction_block: func!("IsTransactionBlock"),
+            my_proc_port: func!("pgl_getMyProcPort"),
+            process_startup_packet: func!("ProcessStartupPacket"),
+            send_conn_data: func!("pgl_sendConnData"),
+            fopen: func!("fopen"),
+            fclose: func!("fclose"),
+        };
+        store.data_mut().exports = Some(exports);
+        Ok(Self { store, entry })
+    }
+
+    /// Runs the boot sequence of §3.5 up to a ready backend: ctors, callbacks, `main(argv)`
+    /// (which must exit with 99) and `pgl_startPGlite`.
+    pub fn boot(&mut self, argv: &[String]) -> Result<(), CallError> {
+        self.call(self.entry.ctors.clone(), ())?;
+        self.install_callbacks()?;
+        self.call(self.entry.set_active.clone(), 1)?;
+        let (argc, argv_ptr) = self.push_argv(argv)?;
+        match self.call(self.entry.main.clone(), (argc, argv_ptr)) {
+            Err(CallError::Exit(EXIT_STARTED)) => {}
+            Err(e) => return Err(e),
+            Ok(code) => return Err(CallError::Exit(code)),
+        }
+        self.call(self.entry.start.clone(), ())
+    }
+
+    /// Executes complete frontend messages and returns the backend's bytes. On a fatal error the
+    /// bytes produced before it are returned with the error.
+    pub fn exec(&mut self, input: &[u8]) -> (Vec<u8>, Result<(), CallError>) {
+        {
+            let io = &mut self.store.data_mut().io;
+            io.input.clear();
+            io.input.extend_from_slice(input);
+            io.input_pos = 0;
+            io.output.clear();
+            io.copy_fail_injected = 0;
+        }
+        let result = self.run_messages();
+        let result = result.and_then(|()| {
+            self.call(self.entry.send_ready_for_query.clone(), ())?;
+            self.call(self.entry.flush.clone(), ())
+        });
+        (std::mem::take(&mut self.store.data_mut().io.output), result)
+    }
+
+    fn run_messages(&mut self) -> Result<(), CallError> {
+        loop {
+            let io = &self.store.data().io;
+            if io.input_pos >= io.input.len() && self.call(self.entry.remaining.clone(), ())? <= 0 {
+                return Ok(());
+            }
+            match self.call(self.entry.loop_once.clone(), ()) {
+                Ok(()) => {}
+                Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => self.call(self.entry.long_jmp.clone(), ())?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Handles a StartupMessage the way the official client does (§4.5): authentication is the
+    /// host's business, the backend answers with its ParameterStatus, BackendKeyData and
+    /// ReadyForQuery.
+    pub fn startup(&mut self, packet: &[u8]) -> (Vec<u8>, Result<(), CallError>) {
+        {
+            let io = &mut self.store.data_mut().io;
+            io.input.clear();
+            io.input.extend_from_slice(packet);
+            io.input_pos = 0;
+            io.output.clear();
+            io.copy_fail_injected = 0;
+        }
+        let result = (|| {
+            let port = self.call(self.entry.my_proc_port.clone(), ())?;
+            let status = self.call(self.entry.process_startup_packet.clone(), (port, 1, 1))?;
+            if status != 0 {
+                return Err(CallError::Trap(format!("ProcessStartupPacket returned {status}")));
+            }
+            self.call(self.entry.send_conn_data.clone(), ())?;
+            self.call(self.entry.flush.clone(), ())
+        })();
+        (std::mem::take(&mut self.store.data_mut().io.output), result)
+    }
+
+    /// Whether a transaction block is open.
+    pub fn in_transaction_block(&mut self) -> Result<bool, CallError> {
+        Ok(self.call(self.entry.is_transaction_block.clone(), ())? != 0)
+    }
+
+    /// Clean shutdown (§9): deactivate, run Postgres' exit callbacks (shutdown checkpoint, removal
+    /// of postmaster.pid), close every file.
+    pub fn shutdown(&mut self) -> Result<(), CallError> {
+        let result = self.call(self.entry.set_active.clone(), 0).map(drop).and_then(|()| {
+            match self.call(self.entry.run_atexit.clone(), ()) {
+                Ok(()) | Err(CallError::Exit(0)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        self.store.data_mut().vfs.close_all();
+        result
+    }
+
+    /// The instance's filesystem.
+    pub fn vfs_mut(&mut self) -> &mut Vfs {
+        &mut self.store.data_mut().vfs
+    }
+
+    /// Size of the linear memory in bytes.
+    pub fn memory_size(&self) -> usize {
+        self.store.data().exports().memory.data_size(&self.store)
+    }
+
+    /// Calls an export, restoring the C stack pointer if the call unwinds (an `exit` or a trap
+    /// skips the epilogues that would have restored it).
+    fn call<P: WasmParams, R: WasmResults>(&mut self, func: TypedFunc<P, R>, params: P) -> Result<R, CallError> {
+        let sp_global = self.store.data().exports().stack_pointer;
+        let saved = sp_global.get(&mut self.store);
+        match func.call(&mut self.store, params) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let _ = sp_global.set(&mut self.store, saved);
+                Err(classify(e))
+            }
+        }
+    }
+
+    /// Registers the protocol read/write callbacks and the subprocess hooks (§3.1 step 7).
+    fn install_callbacks(&mut self) -> Result<(), CallError> {
+        let read = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
+            with_memory(&mut c, |mem, st| {
+                let io = &mut st.io;
+                let mut pending = &io.input[io.input_pos.min(io.input.len())..];
+                if pending.is_empty() {
+                    // The backend wants more input than this exec carries: only a COPY FROM STDIN
+                    // whose data was not sent along does that. End the COPY with an error instead of
+                    // the EOF that would kill the backend; then end the protocol cycle.
+                    io.copy_fail_injected += 1;
+                    pending = match io.copy_fail_injected {
+                        1 => COPY_FAIL_MISSING_DATA,
+                        2 => SYNC,
+                        _ => return 0,
+                    };
+                    let n = pending.len().min(max.max(0) as usize);
+                    return match guest::write_bytes(mem, ptr, &pending[..n]) {
+                        Ok(()) => n as i32,
+                        Err(_) => 0,
+                    };
+                }
+                let n = pending.len().min(max.max(0) as usize);
+                match guest::write_bytes(mem, ptr, &pending[..n]) {
+                    Ok(()) => {
+                        io.input_pos += n;
+                        n as i32
+                    }
+                    Err(_) => 0,
+                }
+            })
+        });
+        let write = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+            with_memory(&mut c, |mem, st| match guest::slice(mem, ptr, len.max(0) as usize) {
+                Ok(bytes) => {
+                    st.io.output.extend_from_slice(bytes);
+                    len
+                }
+                Err(_) => -1,
+            })
+        });
+        let system = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, cmd: i32| -> i32 {
+            let command = with_memory(&mut c, |mem, _| guest::cstr(mem, cmd).map(|s| String::from_utf8_lossy(s).into_owned()));
+            tracing::debug!(target: "pglite_harness::backend", "system({command:?}) refused: no subprocesses");
+            1
+        });
+        let fopen = self.entry.fopen.clone();
+        let popen = Func::wrap(&mut self.store, move |mut c: Caller<'_, HostState>, cmd: i32, mode: i32| -> wasmtime::Result<i32> {
+            let (command, mode) = with_memory(&mut c, |mem, _| {
+                (guest::cstr(mem, cmd).unwrap_or_default().to_vec(), guest::cstr(mem, mode).unwrap_or_default().to_vec())
+            });
+            // Only `locale -a` (initdb) is served, from the packaged answer file.
+            if !command.starts_with(b"locale -a") || mode != b"r" {
+                return Ok(0);
+            }
+            let malloc = c.data().exports().malloc.clone();
+            let path = malloc.call(&mut c, 32)?;
+            with_memory(&mut c, |mem, _| {
+                let _ = guest::write_bytes(mem, path, b"/pglite/locale-a\0r\0");
+            });
+            fopen.call(&mut c, (path, path + 17))
+        });
+        let fclose = self.entry.fclose.clone();
+        let pclose = Func::wrap(&mut self.store, move |mut c: Caller<'_, HostState>, file: i32| -> wasmtime::Result<i32> {
+            fclose.call(&mut c, file)
+        });
+        let table = self.store.data().exports().table;
+        let mut slot = |f: Func| -> Result<i32, CallError> {
+            table.grow(&mut self.store, 1, Ref::Func(Some(f))).map(|i| i as i32).map_err(trap)
+        };
+        let (read, write, system, popen, pclose) = (slot(read)?, slot(write)?, slot(system)?, slot(popen)?, slot(pclose)?);
+        self.call(self.entry.set_rw_cbs.clone(), (read, write))?;
+        self.call(self.entry.set_system_fn.clone(), system)?;
+        self.call(self.entry.set_popen_fn.clone(), popen)?;
+        self.call(self.entry.set_pclose_fn.clone(), pclose)
+    }
+
+    /// Writes `argv` (strings and pointer array) on the C stack; returns (argc, argv).
+    fn push_argv(&mut self, argv: &[String]) -> Result<(i32, i32), CallError> {
+        let strings: usize = argv.iter().map(|a| a.len() + 1).sum();
+        let total = (strings + 4 * (argv.len() + 1)).next_multiple_of(16) as i32;
+        let base = self.call(self.entry.stack_alloc.clone(), total)?;
+        let memory = self.store.data().exports().memory;
+        let mem = memory.data_mut(&mut self.store);
+        let array = base;
+        let mut at = base + 4 * (argv.len() as i32 + 1);
+        let fault = |_| CallError::Trap("argv does not fit in linear memory".into());
+        for (i, arg) in argv.iter().enumerate() {
+            guest::write_i32(mem, array + 4 * i as i32, at).map_err(fault)?;
+            guest::write_bytes(mem, at, arg.as_bytes()).map_err(fault)?;
+            guest::write_bytes(mem, at + arg.len() as i32, &[0]).map_err(fault)?;
+            at += arg.len() as i32 + 1;
+        }
+        guest::write_i32(mem, array + 4 * argv.len() as i32, 0).map_err(fault)?;
+        Ok((argv.len() as i32, array))
+    }
+}
+
+/// A CopyFail message ('f') sent in place of COPY data the exec did not carry.
+const COPY_FAIL_MISSING_DATA: &[u8] = b"f\x00\x00\x00\x40COPY data must be sent in the same exec as the COPY command\x00";
+/// A Sync message.
+const SYNC: &[u8] = b"S\x00\x00\x00\x04";
+
+fn classify(e: wasmtime::Error) -> CallError {
+    if let Some(exit) = e.downcast_ref::<ProcessExit>() {
+        return CallError::Exit(exit.0);
+    }
+    trap(e)
+}
+
+fn trap(e: wasmtime::Error) -> CallError {
+    CallError::Trap(format!("{e:#}"))
+}

@@ -1,0 +1,215 @@
+//! The Emscripten host for wasmtime: one shared engine and compiled module per process, the
+//! imports of `pglite.wasm`, setjmp/longjmp, side-module loading.
+//!
+//! [`Runtime::global`] compiles (or loads from the [`ModuleCache`]) `pglite.wasm` once per process
+//! and keeps a pre-linked instance template; every backend instantiates from it in its own store.
+
+mod cache;
+mod dylink;
+pub(crate) mod guest;
+mod imports;
+mod instance;
+mod rewrite;
+pub(crate) mod sjlj;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
+
+pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
+pub(crate) use instance::{CallError, PgInstance};
+pub use rewrite::RewriteError;
+pub(crate) use state::HostState;
+
+use crate::assets;
+
+/// Native stack available to wasm code. Postgres recurses deeply (the planner, expression
+/// evaluation); the official build runs on V8's ~1 MiB. Backends run on threads with
+/// [`BACKEND_THREAD_STACK`] so that this limit is hit (a clean trap) before the thread's end.
+pub(crate) const MAX_WASM_STACK: usize = 32 << 20;
+/// Stack size of the threads that run backends.
+pub(crate) const BACKEND_THREAD_STACK: usize = 48 << 20;
+
+/// Errors of the runtime layer: building the engine, compiling or loading the module.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The wasmtime engine could not be configured.
+    #[error("wasmtime engine: {0}")]
+    Engine(String),
+    /// `pglite.wasm` could not be rewritten for this host.
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    /// Compiling, loading or linking the module failed.
+    #[error("PGlite module: {0}")]
+    Module(String),
+    /// An earlier attempt in this process failed; the reason is repeated.
+    #[error("the PGlite runtime is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The process-wide engine, compiled module and instance template.
+pub struct Runtime {
+    engine: Engine,
+    instance_pre: InstancePre<HostState>,
+    linker: Linker<HostState>,
+    /// Export name -> slot the main module's element segment gives that function.
+    main_table_slots: HashMap<String, u32>,
+    /// Compiled side modules by the sha256 of their bytes.
+    side_modules: Mutex<HashMap<[u8; 32], Module>>,
+    cache: Option<ModuleCache>,
+    source: ModuleSource,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("source", &self.source)
+            .field("load_time", &self.load_time)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// The runtime of this process, created on first use: the compiled module is loaded from the
+    /// on-disk cache, or compiled (10–30 s) and stored there.
+    ///
+    /// ```no_run
+    /// let runtime = pglite_harness::runtime::Runtime::global()?;
+    /// println!("module ready in {:?} ({:?})", runtime.load_time(), runtime.module_source());
+    /// # Ok::<(), pglite_harness::runtime::RuntimeError>(())
+    /// ```
+    pub fn global() -> Result<&'static Runtime, RuntimeError> {
+        static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+        RUNTIME
+            .get_or_init(|| Runtime::new(ModuleCache::from_env().map_err(|e| tracing::warn!("{e}; compiling in memory only")).ok()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|reason| RuntimeError::Unavailable(reason.clone()))
+    }
+
+    /// A runtime with its own engine, using `cache` for compiled modules (none: compile in memory).
+    pub fn new(cache: Option<ModuleCache>) -> Result<Runtime, RuntimeError> {
+        let started = Instant::now();
+        let engine = Engine::new(&engine_config()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let prepare = || rewrite::define_memory(assets::PGLITE_WASM).map_err(wasmtime::Error::new);
+        let (module, source) = match &cache {
+            Some(cache) => cache
+                .load_or_compile(&engine, "pglite", assets::PGLITE_WASM_SHA256, prepare)
+                .map_err(|e| RuntimeError::Module(format!("{e:#}")))?,
+            None => {
+                let wasm = rewrite::define_memory(assets::PGLITE_WASM)?;
+                (Module::new(&engine, wasm).map_err(|e| RuntimeError::Module(format!("{e:#}")))?, ModuleSource::Compiled)
+            }
+        };
+        let linker = imports::linker(&engine, &module).map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&module).map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
+        let main_table_slots = table_slots(assets::PGLITE_WASM).map_err(|e| RuntimeError::Module(e.to_string()))?;
+        let load_time = started.elapsed();
+        tracing::debug!(?source, ?load_time, "PGlite runtime ready");
+        Ok(Runtime {
+            engine,
+            instance_pre,
+            linker,
+            main_table_slots,
+            side_modules: Mutex::new(HashMap::new()),
+            cache,
+            source,
+            load_time,
+        })
+    }
+
+    /// Whether the module came from the disk cache or was compiled by this process.
+    pub fn module_source(&self) -> ModuleSource {
+        self.source
+    }
+
+    /// How long creating the runtime took (engine, module load or compile, linking).
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The engine.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
+        &self.instance_pre
+    }
+
+    pub(crate) fn main_table_slot(&self, export: &str) -> Option<u32> {
+        self.main_table_slots.get(export).copied()
+    }
+
+    /// The compiled form of a side module (`.so`), compiled once per process and cached on disk.
+    pub(crate) fn side_module(&self, wasm: &[u8]) -> wasmtime::Result<Module> {
+        let hash: [u8; 32] = Sha256::digest(wasm).into();
+        if let Some(module) = self.side_modules.lock().expect("side module cache").get(&hash) {
+            return Ok(module.clone());
+        }
+        let module = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, "side", &cache::hex(&hash), || Ok(wasm.to_vec()))?.0,
+            None => Module::new(&self.engine, wasm)?,
+        };
+        self.side_modules.lock().expect("side module cache").insert(hash, module.clone());
+        Ok(module)
+    }
+}
+
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config
+        .cranelift_opt_level(OptLevel::Speed)
+        // wasmtime requires the (unused) async stack to be at least the wasm stack.
+        .async_stack_size(MAX_WASM_STACK + (1 << 20))
+        .max_wasm_stack(MAX_WASM_STACK)
+        // Postgres' errors unwind through longjmp (a host error); capturing wasm backtraces for
+        // each would multiply their cost.
+        .wasm_backtrace_max_frames(None)
+        .memory_guaranteed_dense_image_size(1 << 30);
+    config
+}
+
+/// Maps each exported function of `wasm` to the table slot its active element segment gives it.
+fn table_slots(wasm: &[u8]) -> Result<HashMap<String, u32>, wasmparser::BinaryReaderError> {
+    use wasmparser::{ElementItems, ElementKind, ExternalKind, Operator, Parser, Payload};
+    let mut exports: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut slot_of_func: HashMap<u32, u32> = HashMap::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export?;
+                    if export.kind == ExternalKind::Func {
+                        exports.entry(export.index).or_default().push(export.name.to_owned());
+                    }
+                }
+            }
+            Payload::ElementSection(reader) => {
+                for element in reader {
+                    let element = element?;
+                    let ElementKind::Active { offset_expr, .. } = element.kind else { continue };
+                    let Some(Ok(Operator::I32Const { value: offset })) = offset_expr.get_operators_reader().into_iter().next() else {
+                        continue;
+                    };
+                    if let ElementItems::Functions(funcs) = element.items {
+                        for (i, func) in funcs.into_iter().enumerate() {
+                            slot_of_func.entry(func?).or_insert(offset as u32 + i as u32);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(exports
+        .into_iter()
+        .filter_map(|(func, names)| slot_of_func.get(&func).map(|&slot| names.into_iter().map(move |n| (n, slot))))
+        .flatten()
+        .collect())
+}

@@ -1,0 +1,72 @@
+//! The per-instance host state kept in each wasmtime `Store`.
+
+use std::time::Instant;
+
+use wasmtime::{Global, Instance, Memory, Table, TypedFunc};
+
+use super::dylink::Dylinker;
+use crate::vfs::Vfs;
+
+/// Everything the imports of one PGlite instance need, owned by its `Store`.
+pub(crate) struct HostState {
+    /// The filesystem behind the syscalls.
+    pub vfs: Vfs,
+    /// `K=V` strings handed to libc by `environ_get`.
+    pub environ: Vec<Vec<u8>>,
+    /// Exports the imports call back into, set right after instantiation.
+    pub exports: Option<Exports>,
+    /// The wire-protocol bytes of the current `exec`.
+    pub io: ProtocolIo,
+    /// Side modules loaded by `dlopen`.
+    pub dylinker: Dylinker,
+    /// Armed interval timers (`_setitimer_js`), by timer id.
+    pub timers: [Option<Instant>; 3],
+    /// Origin of `emscripten_get_now` and monotonic clocks.
+    pub epoch: Instant,
+}
+
+impl HostState {
+    pub fn new(vfs: Vfs, environ: Vec<Vec<u8>>) -> Self {
+        Self {
+            vfs,
+            environ,
+            exports: None,
+            io: ProtocolIo::default(),
+            dylinker: Dylinker::default(),
+            timers: [None; 3],
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The exports; imports only run after they are set.
+    pub fn exports(&self) -> &Exports {
+        self.exports.as_ref().expect("exports are set before any import can run")
+    }
+}
+
+/// Input and output of the protocol callbacks (`pgl_set_rw_cbs`).
+#[derive(Default)]
+pub(crate) struct ProtocolIo {
+    /// Frontend bytes of the current exec.
+    pub input: Vec<u8>,
+    /// How many of them the backend has read.
+    pub input_pos: usize,
+    /// Backend bytes written so far.
+    pub output: Vec<u8>,
+    /// How many times this exec answered a read past its input (see `install_callbacks`).
+    pub copy_fail_injected: u8,
+}
+
+/// Exports of the main module used by the host.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    pub instance: Instance,
+    pub memory: Memory,
+    pub table: Table,
+    pub stack_pointer: Global,
+    pub set_threw: TypedFunc<(i32, i32), ()>,
+    pub malloc: TypedFunc<i32, i32>,
+    pub calloc: TypedFunc<(i32, i32), i32>,
+    pub memalign: TypedFunc<(i32, i32), i32>,
+    pub dl_seterr: TypedFunc<(i32, i32), ()>,
+}

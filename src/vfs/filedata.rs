@@ -1,0 +1,306 @@
+//! Contents of an in-memory regular file: chunks of at most [`CHUNK_SIZE`] bytes shared
+//! copy-on-write between forks, with never-written (all-zero) chunks not stored at all.
+//!
+//! Cloning a [`FileData`] copies one pointer per stored chunk. A write copies a shared chunk the
+//! first time it touches it ([`Arc::make_mut`]); reads and writes at arbitrary offsets cost
+//! O(bytes touched) and do not allocate unless a chunk is created, grown or copied. A chunk only
+//! holds bytes up to the last one written in it (growing geometrically), so a small file takes
+//! about its size, not a whole chunk.
+
+use std::sync::Arc;
+
+use super::errno::{Errno, VfsResult};
+
+/// Largest size of one chunk of file data.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// Largest size an in-memory file may reach (writes or truncation beyond it fail with `EFBIG`).
+pub const MAX_FILE_SIZE: u64 = 1 << 36;
+
+const CHUNK: u64 = CHUNK_SIZE as u64;
+
+/// One chunk: the bytes from its start up to the last one written; the rest reads as zeros.
+type Chunk = Arc<Vec<u8>>;
+
+/// The bytes of an in-memory file.
+///
+/// Invariants: no chunk is longer than [`CHUNK_SIZE`], and every stored byte at or beyond `len`
+/// is zero, so growing the file exposes zeros without touching the chunks.
+#[derive(Clone, Debug, Default)]
+pub struct FileData {
+    len: u64,
+    /// Chunk `i` holds bytes from `i * CHUNK_SIZE`. `None`, or an index past the end of the
+    /// vector, means all zeros.
+    chunks: Vec<Option<Chunk>>,
+}
+
+impl FileData {
+    /// A file holding `data`; all-zero chunks are not stored.
+    pub fn from_bytes(data: &[u8]) -> FileData {
+        let mut file = FileData::default();
+        file.write_at(data, 0)
+            .expect("in-memory data larger than the maximum file size");
+        file
+    }
+
+    /// File size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of chunks that hold real memory.
+    #[cfg(test)]
+    pub fn stored_chunks(&self) -> usize {
+        self.chunks.iter().filter(|chunk| chunk.is_some()).count()
+    }
+
+    /// Visits every stored chunk (for memory accounting across forks).
+    pub fn for_each_chunk(&self, visit: impl FnMut(&Chunk)) {
+        self.chunks.iter().flatten().for_each(visit);
+    }
+
+    /// Copies bytes from `offset` into `buf`; returns how many were copied (short at the end of
+    /// the file, 0 at or past it).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> usize {
+        if offset >= self.len {
+            return 0;
+        }
+        let total =
+            usize::try_from(self.len - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        let mut done = 0;
+        while done < total {
+            let pos = offset + done as u64;
+            let (index, within) = split(pos);
+            let n = (CHUNK_SIZE - within).min(total - done);
+            let out = &mut buf[done..done + n];
+            let stored = match self.chunks.get(index).and_then(Option::as_ref) {
+                Some(chunk) if within < chunk.len() => {
+                    let stored = n.min(chunk.len() - within);
+                    out[..stored].copy_from_slice(&chunk[within..within + stored]);
+                    stored
+                }
+                _ => 0,
+            };
+            out[stored..].fill(0);
+            done += n;
+        }
+        total
+    }
+
+    /// Writes `buf` at `offset`, growing the file if needed; returns `buf.len()`.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> VfsResult<usize> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(Errno::EFBIG)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (index, within) = split(pos);
+            let n = (CHUNK_SIZE - within).min(buf.len() - done);
+            let src = &buf[done..done + n];
+            done += n;
+            match self.chunks.get_mut(index).and_then(Option::as_mut) {
+                // Zeros where the chunk already reads as zeros change nothing.
+                Some(chunk) if within >= chunk.len() && is_zero(src) => {}
+                Some(chunk) => write_into(Arc::make_mut(chunk), within, src),
+                None if is_zero(src) => {}
+                None => {
+                    if self.chunks.len() <= index {
+                        self.chunks.resize(index + 1, None);
+                    }
+                    let mut bytes = Vec::new();
+                    write_into(&mut bytes, within, src);
+                    self.chunks[index] = Some(Arc::new(bytes));
+                }
+            }
+        }
+        self.len = self.len.max(end);
+        Ok(buf.len())
+    }
+
+    /// Sets the file size; bytes beyond a shrunk size are dropped, a grown file reads zeros.
+    pub fn set_len(&mut self, len: u64) -> VfsResult<()> {
+        if len > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        if len < self.len {
+            let (index, within) = split(len);
+            self.chunks.truncate(index + usize::from(within > 0));
+            if within > 0
+                && let Some(Some(chunk)) = self.chunks.get_mut(index)
+                && chunk.len() > within
+            {
+                if Arc::get_mut(chunk).is_some() {
+                    Arc::make_mut(chunk).truncate(within);
+                } else {
+                    // Shared with a fork: copy only the part that stays.
+                    *chunk = Arc::new(chunk[..within].to_vec());
+                }
+            }
+            while self.chunks.last().is_some_and(Option::is_none) {
+                self.chunks.pop();
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The whole contents as one vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let len = usize::try_from(self.len).expect("file larger than the address space");
+        let mut out = vec![0u8; len];
+        self.read_at(&mut out, 0);
+        out
+    }
+}
+
+/// Copies `src` into a chunk at `within`, extending it with zeros first if needed. A new chunk
+/// is allocated at exactly the size needed; later growth doubles, never beyond [`CHUNK_SIZE`].
+fn write_into(chunk: &mut Vec<u8>, within: usize, src: &[u8]) {
+    let needed = within + src.len();
+    debug_assert!(needed <= CHUNK_SIZE);
+    if needed > chunk.len() {
+        if needed > chunk.capacity() {
+            let target = needed.max(chunk.capacity() * 2).min(CHUNK_SIZE);
+            chunk.reserve_exact(target - chunk.len());
+        }
+        chunk.resize(needed, 0);
+    }
+    chunk[within..needed].copy_from_slice(src);
+}
+
+/// Chunk index and offset within it of a file position.
+fn split(pos: u64) -> (usize, usize) {
+    let index = usize::try_from(pos / CHUNK).expect("chunk index fits in usize");
+    (index, (pos % CHUNK) as usize)
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_write_across_chunks() {
+        let mut file = FileData::default();
+        let data: Vec<u8> = (0..3 * CHUNK_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+        file.write_at(&data, 100).unwrap();
+        assert_eq!(file.len(), 100 + data.len() as u64);
+        let mut back = vec![0u8; data.len() + 200];
+        let n = file.read_at(&mut back, 0);
+        assert_eq!(n, data.len() + 100);
+        assert!(back[..100].iter().all(|&b| b == 0));
+        assert_eq!(&back[100..n], &data[..]);
+        assert_eq!(file.stored_chunks(), 4);
+        // The last chunk holds only what was written into it.
+        let last = file.chunks[3].as_ref().unwrap();
+        assert_eq!(last.len(), 100);
+    }
+
+    #[test]
+    fn small_files_take_about_their_size() {
+        let file = FileData::from_bytes(&[1u8; 100]);
+        let chunk = file.chunks[0].as_ref().unwrap();
+        assert_eq!(chunk.len(), 100);
+        assert!(chunk.capacity() < 200);
+        let mut grown = file.clone();
+        for page in 0..8u64 {
+            grown.write_at(&[2u8; 8192], page * 8192).unwrap();
+        }
+        let chunk = grown.chunks[0].as_ref().unwrap();
+        assert_eq!(chunk.len(), CHUNK_SIZE);
+        assert!(chunk.capacity() <= CHUNK_SIZE);
+        assert_eq!(
+            file.to_vec(),
+            vec![1u8; 100],
+            "the clone's growth did not leak back"
+        );
+    }
+
+    #[test]
+    fn sparse_file_stores_only_written_chunks() {
+        let mut file = FileData::default();
+        file.set_len(16 << 20).unwrap();
+        assert_eq!(file.stored_chunks(), 0);
+        file.write_at(&[7u8; 8192], 5 << 20).unwrap();
+        assert_eq!(file.stored_chunks(), 1);
+        // Writing zeros into a hole keeps it a hole.
+        file.write_at(&[0u8; 8192], 9 << 20).unwrap();
+        assert_eq!(file.stored_chunks(), 1);
+        assert_eq!(file.len(), 16 << 20);
+        let mut page = [1u8; 8192];
+        assert_eq!(file.read_at(&mut page, 9 << 20), 8192);
+        assert!(page.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn zero_chunks_of_initial_data_stay_sparse() {
+        let mut data = vec![0u8; 4 * CHUNK_SIZE];
+        data[CHUNK_SIZE + 5] = 1;
+        let file = FileData::from_bytes(&data);
+        assert_eq!(file.stored_chunks(), 1);
+        assert_eq!(file.to_vec(), data);
+    }
+
+    #[test]
+    fn clones_share_chunks_until_written() {
+        let mut original = FileData::from_bytes(&[1u8; 2 * CHUNK_SIZE]);
+        let mut copy = original.clone();
+        let shared =
+            |file: &FileData, index: usize| Arc::strong_count(file.chunks[index].as_ref().unwrap());
+        assert_eq!((shared(&original, 0), shared(&original, 1)), (2, 2));
+        copy.write_at(b"copy", 10).unwrap();
+        // Only the written chunk was copied; the other one is still shared.
+        assert_eq!((shared(&original, 0), shared(&original, 1)), (1, 2));
+        original.write_at(b"orig", CHUNK_SIZE as u64 + 10).unwrap();
+        assert_eq!((shared(&copy, 0), shared(&copy, 1)), (1, 1));
+        let mut buf = [0u8; 4];
+        original.read_at(&mut buf, 10);
+        assert_eq!(&buf, &[1, 1, 1, 1]);
+        copy.read_at(&mut buf, CHUNK_SIZE as u64 + 10);
+        assert_eq!(&buf, &[1, 1, 1, 1]);
+        copy.read_at(&mut buf, 10);
+        assert_eq!(&buf, b"copy");
+        original.read_at(&mut buf, CHUNK_SIZE as u64 + 10);
+        assert_eq!(&buf, b"orig");
+    }
+
+    #[test]
+    fn shrinking_zeroes_the_tail_for_later_growth() {
+        let mut file = FileData::from_bytes(&[9u8; 100]);
+        file.set_len(10).unwrap();
+        file.set_len(100).unwrap();
+        let mut buf = [0xffu8; 100];
+        assert_eq!(file.read_at(&mut buf, 0), 100);
+        assert!(buf[..10].iter().all(|&b| b == 9));
+        assert!(buf[10..].iter().all(|&b| b == 0));
+        file.set_len(0).unwrap();
+        assert_eq!(file.stored_chunks(), 0);
+    }
+
+    #[test]
+    fn shrinking_a_shared_chunk_does_not_touch_the_other_copy() {
+        let mut file = FileData::from_bytes(&[3u8; 100]);
+        let copy = file.clone();
+        file.set_len(50).unwrap();
+        assert_eq!(copy.to_vec(), vec![3u8; 100]);
+        assert_eq!(file.to_vec(), vec![3u8; 50]);
+    }
+
+    #[test]
+    fn limits() {
+        let mut file = FileData::default();
+        assert_eq!(file.write_at(b"x", MAX_FILE_SIZE), Err(Errno::EFBIG));
+        assert_eq!(file.set_len(MAX_FILE_SIZE + 1), Err(Errno::EFBIG));
+        assert_eq!(file.read_at(&mut [0u8; 4], 10), 0);
+    }
+}
