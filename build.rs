@@ -16,20 +16,38 @@ fn main() {
     println!("cargo::rerun-if-changed={}", assets.join("extensions").display());
 
     let mut code = String::new();
-    writeln!(code, "/// sha256 of `assets/pglite.wasm`, computed at build time.").unwrap();
-    writeln!(code, "pub const PGLITE_WASM_SHA256: &str = {:?};", sha256_hex(&wasm)).unwrap();
+    writeln!(
+        code,
+        "/// sha256 of `assets/pglite.wasm`, computed at build time."
+    )
+    .unwrap();
+    writeln!(
+        code,
+        "pub const PGLITE_WASM_SHA256: &str = {:?};",
+        sha256_hex(&wasm)
+    )
+    .unwrap();
 
     let mut bundles: Vec<PathBuf> = std::fs::read_dir(assets.join("extensions"))
         .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     bundles.retain(|p| p.to_string_lossy().ends_with(".tar.gz"));
     bundles.sort();
-    writeln!(code, "/// The extension bundles of the npm package, by bundle name.").unwrap();
+    writeln!(
+        code,
+        "/// The extension bundles of the npm package, by bundle name."
+    )
+    .unwrap();
     writeln!(code, "pub static EXTENSION_BUNDLES: &[(&str, &[u8])] = &[").unwrap();
     for bundle in &bundles {
         let file = bundle.file_name().unwrap().to_string_lossy();
         let name = file.trim_end_matches(".tar.gz");
-        writeln!(code, "    ({name:?}, include_bytes!({:?})),", bundle.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "    ({name:?}, include_bytes!({:?})),",
+            bundle.display().to_string()
+        )
+        .unwrap();
     }
     writeln!(code, "];").unwrap();
     std::fs::write(out.join("embedded_assets.rs"), code).unwrap();

@@ -63,7 +63,11 @@ pub(crate) fn pglite_data_tree() -> &'static AssetTree {
     TREE.get_or_init(|| {
         let manifest: Manifest = serde_json::from_str(PGLITE_DATA_MANIFEST)
             .expect("the embedded pglite.data manifest is valid JSON");
-        assert_eq!(manifest.remote_package_size, PGLITE_DATA.len(), "pglite.data size");
+        assert_eq!(
+            manifest.remote_package_size,
+            PGLITE_DATA.len(),
+            "pglite.data size"
+        );
         let mut tree = AssetTree {
             dirs: manifest.dirs.into_iter().map(|d| (d, 0o777)).collect(),
             ..AssetTree::default()
@@ -100,7 +104,10 @@ pub fn extension_bundle_names() -> impl Iterator<Item = &'static str> {
 pub(crate) fn extension_bundle(name: &str) -> Option<&'static AssetTree> {
     static TREES: OnceLock<BTreeMap<&'static str, OnceLock<AssetTree>>> = OnceLock::new();
     let trees = TREES.get_or_init(|| {
-        EXTENSION_BUNDLES.iter().map(|(name, _)| (*name, OnceLock::new())).collect()
+        EXTENSION_BUNDLES
+            .iter()
+            .map(|(name, _)| (*name, OnceLock::new()))
+            .collect()
     });
     let slot = trees.get(name)?;
     let bytes = EXTENSION_BUNDLES.iter().find(|(n, _)| *n == name)?.1;
@@ -114,7 +121,10 @@ pub(crate) fn read_tar_gz(bytes: &[u8]) -> std::io::Result<AssetTree> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().into_owned();
-        let path = path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+        let path = path
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
         if path.is_empty() || path == "." {
             continue;
         }
@@ -125,7 +135,11 @@ pub(crate) fn read_tar_gz(bytes: &[u8]) -> std::io::Result<AssetTree> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut data = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut data)?;
-                tree.files.push(AssetFile { path, data: Arc::from(data), mode });
+                tree.files.push(AssetFile {
+                    path,
+                    data: Arc::from(data),
+                    mode,
+                });
             }
             other => {
                 return Err(std::io::Error::new(

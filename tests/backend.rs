@@ -49,10 +49,18 @@ fn extended_protocol_parses_binds_and_executes() {
 
     // The prepared statement stays usable in later calls.
     let mut again = BytesMut::new();
-    frontend::bind("", "add_one", [0], [b"1".as_slice()], |v, buf| {
-        buf.extend_from_slice(v);
-        Ok(IsNull::No)
-    }, [0], &mut again)
+    frontend::bind(
+        "",
+        "add_one",
+        [0],
+        [b"1".as_slice()],
+        |v, buf| {
+            buf.extend_from_slice(v);
+            Ok(IsNull::No)
+        },
+        [0],
+        &mut again,
+    )
     .unwrap_or_else(|_| panic!("bind"));
     frontend::describe(b'P', "", &mut again).unwrap();
     frontend::execute("", 0, &mut again).unwrap();
@@ -83,13 +91,20 @@ fn an_error_is_reported_and_the_next_query_succeeds() {
 fn a_run_time_error_unwinds_through_longjmp() {
     let mut db = Backend::builder().open().unwrap();
     // The error happens while the executor runs (not at plan time): a real longjmp.
-    let out = db.simple_query("SELECT 1/(g-1) FROM generate_series(1,2) g").unwrap();
+    let out = db
+        .simple_query("SELECT 1/(g-1) FROM generate_series(1,2) g")
+        .unwrap();
     assert_eq!(out.error.unwrap().code, "22012");
     for _ in 0..50 {
-        let out = db.simple_query("SELECT 1/(g-2) FROM generate_series(1,3) g").unwrap();
+        let out = db
+            .simple_query("SELECT 1/(g-2) FROM generate_series(1,3) g")
+            .unwrap();
         assert_eq!(out.error.unwrap().message, "division by zero");
     }
-    assert_eq!(scalar(&mut db, "SELECT count(*) FROM generate_series(1,1000)"), "1000");
+    assert_eq!(
+        scalar(&mut db, "SELECT count(*) FROM generate_series(1,1000)"),
+        "1000"
+    );
 }
 
 #[test]
@@ -108,7 +123,10 @@ fn plpgsql_exception_blocks_catch_errors() {
     let out = query(&mut db, "SELECT safe_div(10, 0) IS NULL, safe_div(10, 2)");
     assert_eq!(out.rows()[0], vec![Some("t".to_owned()), Some("5".to_owned())]);
     assert_eq!(out.notices[0].message, "caught division by zero");
-    let out = query(&mut db, "DO $$ BEGIN PERFORM 1/0; EXCEPTION WHEN others THEN RAISE NOTICE 'ok'; END $$");
+    let out = query(
+        &mut db,
+        "DO $$ BEGIN PERFORM 1/0; EXCEPTION WHEN others THEN RAISE NOTICE 'ok'; END $$",
+    );
     assert_eq!(out.notices[0].message, "ok");
 }
 
@@ -125,9 +143,15 @@ fn bundled_extensions_can_be_created_and_used() {
         query(&mut db, &format!("CREATE EXTENSION {ext}"));
     }
     assert_eq!(scalar(&mut db, "SELECT ('a=>1,b=>2'::hstore) -> 'b'"), "2");
-    assert_eq!(scalar(&mut db, "SELECT similarity('postgres', 'postgis') > 0.3"), "t");
+    assert_eq!(
+        scalar(&mut db, "SELECT similarity('postgres', 'postgis') > 0.3"),
+        "t"
+    );
     assert_eq!(scalar(&mut db, "SELECT 'Hello'::citext = 'HELLO'::citext"), "t");
-    assert_eq!(scalar(&mut db, "SELECT encode(digest('abc', 'sha256'), 'hex')"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        scalar(&mut db, "SELECT encode(digest('abc', 'sha256'), 'hex')"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
     assert_eq!(scalar(&mut db, "SELECT length(gen_random_bytes(16))"), "16");
 }
 
@@ -142,12 +166,24 @@ fn an_extension_not_given_to_the_instance_is_missing() {
 #[test]
 fn unknown_extension_bundles_and_bad_settings_are_refused() {
     let err = Backend::builder().extension("no_such_thing").open().unwrap_err();
-    assert!(matches!(&err, BackendError::UnknownExtension { name, .. } if name == "no_such_thing"), "{err}");
-    assert!(err.to_string().contains("hstore"), "the message lists what exists: {err}");
+    assert!(
+        matches!(&err, BackendError::UnknownExtension { name, .. } if name == "no_such_thing"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("hstore"),
+        "the message lists what exists: {err}"
+    );
     let err = Backend::builder().setting("work mem", "1MB").open().unwrap_err();
     assert!(matches!(err, BackendError::InvalidSetting { .. }), "{err}");
-    let err = Backend::builder().setting("no_such_setting", "1").open().unwrap_err();
-    assert!(matches!(&err, BackendError::Boot { reason, .. } if reason.contains("no_such_setting")), "{err}");
+    let err = Backend::builder()
+        .setting("no_such_setting", "1")
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Boot { reason, .. } if reason.contains("no_such_setting")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,7 +209,9 @@ fn twenty_five_thousand_rows_are_inserted_and_read_back() {
     let out = query(&mut db, "SELECT count(*), sum(id), min(name), max(id) FROM items");
     assert_eq!(
         out.rows()[0],
-        ["25000", "312487500", "item 0", "24999"].map(|s| Some(s.to_owned())).to_vec()
+        ["25000", "312487500", "item 0", "24999"]
+            .map(|s| Some(s.to_owned()))
+            .to_vec()
     );
     assert_eq!(query(&mut db, "SELECT * FROM items").rows().len(), 25_000);
 }
@@ -185,7 +223,9 @@ fn copy_from_stdin_in_one_exec_and_copy_to_stdout() {
     let mut msg = BytesMut::new();
     frontend::query("COPY t FROM STDIN", &mut msg).unwrap();
     for i in 0..1000 {
-        frontend::CopyData::new(format!("{i}\trow {i}\n").as_bytes()).unwrap().write(&mut msg);
+        frontend::CopyData::new(format!("{i}\trow {i}\n").as_bytes())
+            .unwrap()
+            .write(&mut msg);
     }
     frontend::copy_done(&mut msg);
     let reply = db.exec(&msg).unwrap();
@@ -193,11 +233,18 @@ fn copy_from_stdin_in_one_exec_and_copy_to_stdout() {
     assert_eq!(scalar(&mut db, "SELECT count(*) FROM t"), "1000");
 
     let mut msg = BytesMut::new();
-    frontend::query("COPY (SELECT * FROM t WHERE a < 3 ORDER BY a) TO STDOUT", &mut msg).unwrap();
+    frontend::query(
+        "COPY (SELECT * FROM t WHERE a < 3 ORDER BY a) TO STDOUT",
+        &mut msg,
+    )
+    .unwrap();
     let reply = db.exec(&msg).unwrap();
     assert_eq!(message_types(&reply), "HdddcCZ");
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.contains("0\trow 0\n") && text.contains("2\trow 2\n"), "{text}");
+    assert!(
+        text.contains("0\trow 0\n") && text.contains("2\trow 2\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -213,12 +260,35 @@ fn copy_from_stdin_without_its_data_fails_and_the_backend_survives() {
 }
 
 #[test]
+fn copy_to_and_from_dev_blob() {
+    let mut db = Backend::builder().open().unwrap();
+    query(&mut db, "CREATE TABLE t(a int, b text)");
+    db.set_copy_blob(b"1,one\n2,two\n".to_vec());
+    assert_eq!(
+        query(&mut db, "COPY t FROM '/dev/blob' (FORMAT csv)").statements[0].tag,
+        "COPY 2"
+    );
+    query(
+        &mut db,
+        "COPY (SELECT a * 10, upper(b) FROM t ORDER BY a) TO '/dev/blob' (FORMAT csv)",
+    );
+    assert_eq!(db.take_copy_blob(), b"10,ONE\n20,TWO\n");
+    assert!(db.take_copy_blob().is_empty(), "taken");
+}
+
+#[test]
 fn listen_and_notify_within_one_session() {
     let mut db = Backend::builder().open().unwrap();
     query(&mut db, "LISTEN jobs");
     let out = query(&mut db, "NOTIFY jobs, 'payload1'");
     assert_eq!(out.notifications.len(), 1);
-    assert_eq!((out.notifications[0].channel.as_str(), out.notifications[0].payload.as_str()), ("jobs", "payload1"));
+    assert_eq!(
+        (
+            out.notifications[0].channel.as_str(),
+            out.notifications[0].payload.as_str()
+        ),
+        ("jobs", "payload1")
+    );
     let out = query(&mut db, "SELECT pg_notify('other', 'x')");
     assert!(out.notifications.is_empty(), "not listening to 'other'");
 }
@@ -246,7 +316,10 @@ fn startup_ssl_request_and_terminate_are_handled_by_the_host() {
     frontend::startup_message([("user", "postgres"), ("database", "postgres")], &mut startup).unwrap();
     let reply = db.exec(&startup).unwrap();
     let types = message_types(&reply);
-    assert!(types.starts_with('R') && types.ends_with("KZ") && types.contains('S'), "{types}");
+    assert!(
+        types.starts_with('R') && types.ends_with("KZ") && types.contains('S'),
+        "{types}"
+    );
     let mut terminate = BytesMut::new();
     frontend::terminate(&mut terminate);
     assert!(db.exec(&terminate).unwrap().is_empty());
@@ -260,10 +333,15 @@ fn a_trap_marks_the_backend_dead_with_its_reason() {
     let mut db = Backend::builder().open().unwrap();
     query(&mut db, "SET client_encoding = 'LATIN1'");
     let err = db.simple_query("SELECT 'caf\u{e9}'").unwrap_err();
-    let BackendError::Fatal { reason, .. } = &err else { panic!("expected Fatal, got {err}") };
+    let BackendError::Fatal { reason, .. } = &err else {
+        panic!("expected Fatal, got {err}")
+    };
     assert!(reason.contains("pg_utf8_islegal"), "{reason}");
     let err = db.simple_query("SELECT 1").unwrap_err();
-    assert!(matches!(&err, BackendError::Dead { reason } if reason.contains("trapped")), "{err}");
+    assert!(
+        matches!(&err, BackendError::Dead { reason } if reason.contains("trapped")),
+        "{err}"
+    );
     assert!(db.dead_reason().is_some());
     db.close().unwrap();
     // Other backends are unaffected.
@@ -274,7 +352,10 @@ fn a_trap_marks_the_backend_dead_with_its_reason() {
 #[test]
 fn deep_recursion_is_an_error_not_a_crash() {
     let mut db = Backend::builder().open().unwrap();
-    query(&mut db, "CREATE FUNCTION down(n int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN down(n + 1); END $$");
+    query(
+        &mut db,
+        "CREATE FUNCTION down(n int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN down(n + 1); END $$",
+    );
     // Postgres' own stack check (max_stack_depth) must fire before wasm's native stack runs out.
     let out = db.simple_query("SELECT down(0)").unwrap();
     assert_eq!(out.error.expect("recursion without end fails").code, "54001");
@@ -285,7 +366,10 @@ fn deep_recursion_is_an_error_not_a_crash() {
 fn two_backends_in_one_process_see_nothing_of_each_other() {
     let mut a = Backend::builder().open().unwrap();
     let mut b = Backend::builder().open().unwrap();
-    query(&mut a, "CREATE TABLE only_in_a(x int); INSERT INTO only_in_a VALUES (1)");
+    query(
+        &mut a,
+        "CREATE TABLE only_in_a(x int); INSERT INTO only_in_a VALUES (1)",
+    );
     let out = b.simple_query("SELECT * FROM only_in_a").unwrap();
     assert_eq!(out.error.unwrap().code, "42P01");
     query(&mut b, "SET work_mem = '7MB'");

@@ -74,7 +74,11 @@ pub(crate) fn prepare(dir: &Path) -> Result<DataDirLock, BackendError> {
         path: dir.to_owned(),
         reason: format!("{what}: {source}"),
     };
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("cannot create it", e))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("cannot create it", e))?;
     let lock_path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -85,7 +89,9 @@ pub(crate) fn prepare(dir: &Path) -> Result<DataDirLock, BackendError> {
         .map_err(|e| io("cannot open its lock file", e))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Err(BackendError::DataDirLocked { path: dir.to_owned() }),
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(BackendError::DataDirLocked { path: dir.to_owned() });
+        }
         Err(fs::TryLockError::Error(e)) => return Err(io("cannot lock it", e)),
     }
     let lock = DataDirLock { _file: file };
@@ -116,7 +122,8 @@ pub(crate) fn prepare(dir: &Path) -> Result<DataDirLock, BackendError> {
 const POPULATING_MARKER: &str = ".pglite-harness.populating";
 
 fn is_template_entry(name: &str) -> bool {
-    assets::pgdata_template().dirs.iter().any(|(d, _)| d == name) || assets::pgdata_template().files.iter().any(|f| f.path == name)
+    assets::pgdata_template().dirs.iter().any(|(d, _)| d == name)
+        || assets::pgdata_template().files.iter().any(|f| f.path == name)
 }
 
 /// Writes the template cluster into `dir`. `PG_VERSION` is written last, so an interrupted copy is
@@ -125,7 +132,10 @@ fn populate(dir: &Path) -> io::Result<()> {
     File::create(dir.join(POPULATING_MARKER))?;
     let template = assets::pgdata_template();
     for (path, _) in &template.dirs {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join(path))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join(path))?;
     }
     let mut version = None;
     for file in &template.files {
@@ -135,7 +145,8 @@ fn populate(dir: &Path) -> io::Result<()> {
         }
         write_file(&dir.join(&file.path), &file.data)?;
     }
-    let version = version.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "template has no PG_VERSION"))?;
+    let version =
+        version.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "template has no PG_VERSION"))?;
     write_file(&dir.join("PG_VERSION"), &version.data)?;
     File::open(dir)?.sync_all()?;
     fs::remove_file(dir.join(POPULATING_MARKER))
@@ -145,7 +156,12 @@ fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
     }
-    let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(data)?;
     file.sync_all()
 }

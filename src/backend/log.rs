@@ -31,7 +31,9 @@ impl ServerLog {
         state.partial.extend_from_slice(bytes);
         while let Some(end) = state.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = state.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).trim_end().to_owned();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1])
+                .trim_end()
+                .to_owned();
             if line.is_empty() || line == "backend>" {
                 continue;
             }
@@ -83,6 +85,9 @@ mod tests {
         log.write(b"LOG:  starting\nFATAL:  could not open ");
         log.write(b"file \"x\"\nLOG:  shutting down\n");
         assert_eq!(log.recent().len(), 3);
-        assert_eq!(log.last_problem().as_deref(), Some("FATAL:  could not open file \"x\""));
+        assert_eq!(
+            log.last_problem().as_deref(),
+            Some("FATAL:  could not open file \"x\"")
+        );
     }
 }

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-
 pub use datadir::{DataDir, LOCK_FILE};
 pub use protocol::ProtocolError;
 pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
@@ -216,7 +215,10 @@ impl BackendBuilder {
             argv.extend(["-d".to_owned(), level.clamp(1, 5).to_string()]);
         }
         let user = self.settings.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        let defaults = DEFAULT_SETTINGS.iter().copied().filter(|(n, _)| !self.settings.iter().any(|(m, _)| m == n));
+        let defaults = DEFAULT_SETTINGS
+            .iter()
+            .copied()
+            .filter(|(n, _)| !self.settings.iter().any(|(m, _)| m == n));
         for (name, value) in OFFICIAL_SETTINGS.iter().copied().chain(defaults).chain(user) {
             validate_setting(name, value)?;
             argv.extend(["-c".to_owned(), format!("{name}={value}")]);
@@ -227,8 +229,15 @@ impl BackendBuilder {
 }
 
 fn validate_setting(name: &str, value: &str) -> Result<(), BackendError> {
-    let invalid = |reason: &str| BackendError::InvalidSetting { name: name.to_owned(), reason: reason.to_owned() };
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+    let invalid = |reason: &str| BackendError::InvalidSetting {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
         return Err(invalid("names are letters, digits, '_' and '.'"));
     }
     if value.contains('\0') {
@@ -252,7 +261,10 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("data_dir", &self.data_dir).field("dead", &self.dead).finish_non_exhaustive()
+        f.debug_struct("Backend")
+            .field("data_dir", &self.data_dir)
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
     }
 }
 
@@ -261,6 +273,8 @@ enum Command {
     Startup(Vec<u8>, mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>),
     InTransaction(mpsc::SyncSender<Result<bool, CallError>>),
     MemorySize(mpsc::SyncSender<usize>),
+    SetBlob(Vec<u8>),
+    TakeBlob(mpsc::SyncSender<Vec<u8>>),
     Close(mpsc::SyncSender<Result<(), CallError>>),
 }
 
@@ -291,13 +305,15 @@ impl Backend {
                 let lock = datadir::prepare(dir)?;
                 let mut vfs = fork(base_vfs())?;
                 vfs.create_dir_all(PGDATA, 0o700).map_err(|e| vfs_error(dir, e))?;
-                vfs.mount_host_dir(PGDATA, dir, builder.durability).map_err(|e| vfs_error(dir, e))?;
+                vfs.mount_host_dir(PGDATA, dir, builder.durability)
+                    .map_err(|e| vfs_error(dir, e))?;
                 (Some(lock), vfs)
             }
         };
         for bundle in extensions {
             for (path, mode) in &bundle.dirs {
-                vfs.create_dir_all(&format!("/pglite/{path}"), *mode).map_err(|e| vfs_error(Path::new(path), e))?;
+                vfs.create_dir_all(&format!("/pglite/{path}"), *mode)
+                    .map_err(|e| vfs_error(Path::new(path), e))?;
             }
             for file in &bundle.files {
                 vfs.write_file(&format!("/pglite/{}", file.path), &file.data, 0o755)
@@ -316,7 +332,9 @@ impl Backend {
             .name("pglite-backend".into())
             .stack_size(BACKEND_THREAD_STACK)
             .spawn(move || {
-                let mut instance = match PgInstance::instantiate(runtime, vfs, environ()).and_then(|mut i| i.boot(&argv).map(|()| i)) {
+                let mut instance = match PgInstance::instantiate(runtime, vfs, environ())
+                    .and_then(|mut i| i.boot(&argv).map(|()| i))
+                {
                     Ok(instance) => instance,
                     Err(e) => {
                         let _ = ready_tx.send(Err(boot_error(e, &log)));
@@ -328,7 +346,10 @@ impl Backend {
                 drop(instance);
                 drop(lock);
             })
-            .map_err(|source| BackendError::Io { context: "cannot start the backend thread".into(), source })?;
+            .map_err(|source| BackendError::Io {
+                context: "cannot start the backend thread".into(),
+                source,
+            })?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -337,7 +358,10 @@ impl Backend {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(BackendError::Boot { reason: "the backend thread panicked".into(), log: Vec::new() });
+                return Err(BackendError::Boot {
+                    reason: "the backend thread panicked".into(),
+                    log: Vec::new(),
+                });
             }
         }
         Ok(Backend {
@@ -369,7 +393,9 @@ impl Backend {
     /// ```
     pub fn exec(&mut self, messages: &[u8]) -> Result<Vec<u8>, BackendError> {
         if let Some(reason) = &self.dead {
-            return Err(BackendError::Dead { reason: reason.clone() });
+            return Err(BackendError::Dead {
+                reason: reason.clone(),
+            });
         }
         if messages.first() == Some(&0) {
             return match protocol::startup_packet(messages)? {
@@ -379,7 +405,10 @@ impl Backend {
             };
         }
         let frames = protocol::frames(messages)?;
-        let end = frames.iter().find(|f| f.tag == b'X').map_or(messages.len(), |f| f.start);
+        let end = frames
+            .iter()
+            .find(|f| f.tag == b'X')
+            .map_or(messages.len(), |f| f.start);
         if end == 0 {
             return Ok(Vec::new());
         }
@@ -391,7 +420,11 @@ impl Backend {
         command: impl FnOnce(mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>) -> Command,
     ) -> Result<Vec<u8>, BackendError> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        let reply = self.commands.send(command(reply_tx)).ok().and_then(|()| reply_rx.recv().ok());
+        let reply = self
+            .commands
+            .send(command(reply_tx))
+            .ok()
+            .and_then(|()| reply_rx.recv().ok());
         match reply {
             Some((output, Ok(()))) => Ok(output),
             Some((output, Err(e))) => {
@@ -428,7 +461,9 @@ impl Backend {
     /// Whether a transaction block is open (the session is not idle).
     pub fn in_transaction(&mut self) -> Result<bool, BackendError> {
         if let Some(reason) = &self.dead {
-            return Err(BackendError::Dead { reason: reason.clone() });
+            return Err(BackendError::Dead {
+                reason: reason.clone(),
+            });
         }
         let (tx, rx) = mpsc::sync_channel(1);
         let _ = self.commands.send(Command::InTransaction(tx));
@@ -436,9 +471,13 @@ impl Backend {
             Ok(Ok(open)) => Ok(open),
             Ok(Err(e)) => {
                 self.dead = Some(e.to_string());
-                Err(BackendError::Dead { reason: e.to_string() })
+                Err(BackendError::Dead {
+                    reason: e.to_string(),
+                })
             }
-            Err(_) => Err(BackendError::Dead { reason: "the backend thread is gone".into() }),
+            Err(_) => Err(BackendError::Dead {
+                reason: "the backend thread is gone".into(),
+            }),
         }
     }
 
@@ -464,6 +503,34 @@ impl Backend {
         rx.recv().unwrap_or(0)
     }
 
+    /// Sets the bytes `COPY ... FROM '/dev/blob'` reads, like the `blob` option of PGlite's
+    /// `query()`.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// backend.simple_query("CREATE TABLE t(a int, b text)")?;
+    /// backend.set_copy_blob(b"1,one\n2,two\n".to_vec());
+    /// backend.simple_query("COPY t FROM '/dev/blob' (FORMAT csv)")?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn set_copy_blob(&mut self, data: Vec<u8>) {
+        let _ = self.commands.send(Command::SetBlob(data));
+    }
+
+    /// Takes what `COPY ... TO '/dev/blob'` wrote since the last call.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// backend.simple_query("COPY (SELECT 1, 'one') TO '/dev/blob' (FORMAT csv)")?;
+    /// assert_eq!(backend.take_copy_blob(), b"1,one\n");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn take_copy_blob(&mut self) -> Vec<u8> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = self.commands.send(Command::TakeBlob(tx));
+        rx.recv().unwrap_or_default()
+    }
+
     /// Shuts down cleanly: a shutdown checkpoint, so that a data directory reopens without
     /// recovery, then the lock is released. Dropping a backend does the same, ignoring errors.
     pub fn close(mut self) -> Result<(), BackendError> {
@@ -471,7 +538,9 @@ impl Backend {
     }
 
     fn shutdown(&mut self) -> Result<(), BackendError> {
-        let Some(thread) = self.thread.take() else { return Ok(()) };
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         let result = match self.commands.send(Command::Close(tx)) {
             Ok(()) => rx.recv().unwrap_or(Ok(())),
@@ -522,6 +591,10 @@ fn serve(instance: &mut PgInstance, commands: mpsc::Receiver<Command>, log: &Ser
             Command::MemorySize(reply) => {
                 let _ = reply.send(instance.memory_size());
             }
+            Command::SetBlob(data) => instance.vfs_mut().set_blob_input(data),
+            Command::TakeBlob(reply) => {
+                let _ = reply.send(instance.vfs_mut().take_blob_output());
+            }
             Command::Close(reply) => {
                 let result = if dead { Ok(()) } else { instance.shutdown() };
                 let _ = reply.send(result);
@@ -536,11 +609,14 @@ fn serve(instance: &mut PgInstance, commands: mpsc::Receiver<Command>, log: &Ser
 }
 
 fn boot_error(e: CallError, log: &ServerLog) -> BackendError {
-    let reason = match (&e, log.last_problem()) {
-        (CallError::Exit(_), Some(line)) => format!("{line} ({e})"),
-        _ => e.to_string(),
+    let reason = match log.last_problem() {
+        Some(line) => format!("{line} ({e})"),
+        None => e.to_string(),
     };
-    BackendError::Boot { reason, log: log.recent() }
+    BackendError::Boot {
+        reason,
+        log: log.recent(),
+    }
 }
 
 /// The last ErrorResponse in `output`, as text.
@@ -580,10 +656,12 @@ fn base_vfs() -> &'static Mutex<Vfs> {
         let mut vfs = Vfs::new();
         let tree = assets::pglite_data_tree();
         for (dir, mode) in &tree.dirs {
-            vfs.create_dir_all(dir, *mode).expect("package directories are valid paths");
+            vfs.create_dir_all(dir, *mode)
+                .expect("package directories are valid paths");
         }
         for file in &tree.files {
-            vfs.write_file(&file.path, &file.data, file.mode).expect("package files are valid paths");
+            vfs.write_file(&file.path, &file.data, file.mode)
+                .expect("package files are valid paths");
         }
         vfs.create_dir_all(PGDATA, 0o700).expect("PGDATA is a valid path");
         Mutex::new(vfs)
@@ -594,26 +672,38 @@ fn base_vfs() -> &'static Mutex<Vfs> {
 fn memory_template_vfs() -> &'static Mutex<Vfs> {
     static TEMPLATE: OnceLock<Mutex<Vfs>> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let mut vfs = base_vfs().lock().expect("base vfs").fork().expect("the base filesystem has no host mounts");
+        let mut vfs = base_vfs()
+            .lock()
+            .expect("base vfs")
+            .fork()
+            .expect("the base filesystem has no host mounts");
         let template = assets::pgdata_template();
         for (dir, mode) in &template.dirs {
-            vfs.create_dir_all(&format!("{PGDATA}/{dir}"), *mode).expect("template directories are valid paths");
+            vfs.create_dir_all(&format!("{PGDATA}/{dir}"), *mode)
+                .expect("template directories are valid paths");
         }
         for file in &template.files {
-            vfs.write_file(&format!("{PGDATA}/{}", file.path), &file.data, file.mode).expect("template files are valid paths");
+            vfs.write_file(&format!("{PGDATA}/{}", file.path), &file.data, file.mode)
+                .expect("template files are valid paths");
         }
         Mutex::new(vfs)
     })
 }
 
 fn fork(template: &Mutex<Vfs>) -> Result<Vfs, BackendError> {
-    template.lock().unwrap_or_else(|e| e.into_inner()).fork().map_err(|e| BackendError::Io {
-        context: "cannot copy the template filesystem".into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    template
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .fork()
+        .map_err(|e| BackendError::Io {
+            context: "cannot copy the template filesystem".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
 }
 
 fn vfs_error(path: &Path, e: crate::vfs::Errno) -> BackendError {
-    BackendError::DataDir { path: path.to_owned(), reason: format!("virtual filesystem: {e}") }
+    BackendError::DataDir {
+        path: path.to_owned(),
+        reason: format!("virtual filesystem: {e}"),
+    }
 }
-

@@ -53,12 +53,20 @@ impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProtocolError::UnknownMessageType { tag, offset } => {
-                write!(f, "invalid frontend message type {:?} (0x{tag:02x}) at byte {offset}", *tag as char)
+                write!(
+                    f,
+                    "invalid frontend message type {:?} (0x{tag:02x}) at byte {offset}",
+                    *tag as char
+                )
             }
             ProtocolError::InvalidLength { tag, length } => {
                 write!(f, "invalid length {length} in a {:?} message", *tag as char)
             }
-            ProtocolError::Incomplete { tag, needed, available } => write!(
+            ProtocolError::Incomplete {
+                tag,
+                needed,
+                available,
+            } => write!(
                 f,
                 "incomplete {:?} message: it claims {needed} bytes but only {available} were sent",
                 *tag as char
@@ -88,7 +96,11 @@ pub(crate) fn frames(buf: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
             return Err(ProtocolError::UnknownMessageType { tag, offset: at });
         }
         let Some(len_bytes) = buf.get(at + 1..at + 5) else {
-            return Err(ProtocolError::Incomplete { tag, needed: 5, available: buf.len() - at });
+            return Err(ProtocolError::Incomplete {
+                tag,
+                needed: 5,
+                available: buf.len() - at,
+            });
         };
         let length = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes"));
         if length < MIN_LENGTH {
@@ -96,7 +108,11 @@ pub(crate) fn frames(buf: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
         }
         let end = at + 1 + length as usize;
         if end > buf.len() {
-            return Err(ProtocolError::Incomplete { tag, needed: 1 + length as usize, available: buf.len() - at });
+            return Err(ProtocolError::Incomplete {
+                tag,
+                needed: 1 + length as usize,
+                available: buf.len() - at,
+            });
         }
         frames.push(Frame { tag, start: at, end });
         at = end;
@@ -121,7 +137,10 @@ pub(crate) fn startup_packet(buf: &[u8]) -> Result<StartupPacket, ProtocolError>
     }
     let length = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
     if length != buf.len() {
-        return Err(bad(&format!("length field {length} but {} bytes sent", buf.len())));
+        return Err(bad(&format!(
+            "length field {length} but {} bytes sent",
+            buf.len()
+        )));
     }
     let code = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
     match code {
@@ -130,7 +149,11 @@ pub(crate) fn startup_packet(buf: &[u8]) -> Result<StartupPacket, ProtocolError>
         SSL_REQUEST => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST => Ok(StartupPacket::CancelRequest),
-        other => Err(bad(&format!("unsupported protocol version {}.{}", other >> 16, other & 0xffff))),
+        other => Err(bad(&format!(
+            "unsupported protocol version {}.{}",
+            other >> 16,
+            other & 0xffff
+        ))),
     }
 }
 
@@ -149,10 +172,22 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_refused() {
-        assert_eq!(frames(b"\xffxyz"), Err(ProtocolError::UnknownMessageType { tag: 0xff, offset: 0 }));
-        assert!(matches!(frames(b"Q\x00\x00\x00\x0dSELECT"), Err(ProtocolError::Incomplete { tag: b'Q', .. })));
-        assert!(matches!(frames(b"Q\x00\x00"), Err(ProtocolError::Incomplete { .. })));
-        assert_eq!(frames(b"S\x00\x00\x00\x02"), Err(ProtocolError::InvalidLength { tag: b'S', length: 2 }));
+        assert_eq!(
+            frames(b"\xffxyz"),
+            Err(ProtocolError::UnknownMessageType { tag: 0xff, offset: 0 })
+        );
+        assert!(matches!(
+            frames(b"Q\x00\x00\x00\x0dSELECT"),
+            Err(ProtocolError::Incomplete { tag: b'Q', .. })
+        ));
+        assert!(matches!(
+            frames(b"Q\x00\x00"),
+            Err(ProtocolError::Incomplete { .. })
+        ));
+        assert_eq!(
+            frames(b"S\x00\x00\x00\x02"),
+            Err(ProtocolError::InvalidLength { tag: b'S', length: 2 })
+        );
     }
 
     #[test]

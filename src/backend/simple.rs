@@ -81,7 +81,11 @@ impl SimpleQueryOutput {
         while let Ok(Some(message)) = Message::parse(&mut buf) {
             match message {
                 Message::RowDescription(body) => {
-                    current.columns = body.fields().map(|f| Ok(f.name().to_owned())).collect().unwrap_or_default();
+                    current.columns = body
+                        .fields()
+                        .map(|f| Ok(f.name().to_owned()))
+                        .collect()
+                        .unwrap_or_default();
                 }
                 Message::DataRow(body) => {
                     let buffer = body.buffer();
@@ -112,7 +116,11 @@ impl SimpleQueryOutput {
 
     /// The rows of the last statement that returned any columns.
     pub fn rows(&self) -> &[Vec<Option<String>>] {
-        self.statements.iter().rev().find(|s| !s.columns.is_empty()).map_or(&[], |s| &s.rows)
+        self.statements
+            .iter()
+            .rev()
+            .find(|s| !s.columns.is_empty())
+            .map_or(&[], |s| &s.rows)
     }
 
     /// The first column of the first row of [`rows`](Self::rows), if any and not NULL.

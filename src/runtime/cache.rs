@@ -79,7 +79,10 @@ impl ModuleCache {
     /// A cache in `dir`, created user-private if missing.
     pub fn at(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let dir = dir.into();
-        let err = |reason: String| CacheError::Directory { path: dir.clone(), reason };
+        let err = |reason: String| CacheError::Directory {
+            path: dir.clone(),
+            reason,
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -124,8 +127,14 @@ impl ModuleCache {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| CacheError::Io { path: lock_path.clone(), source })?;
-        lock.lock().map_err(|source| CacheError::Io { path: lock_path.clone(), source })?;
+            .map_err(|source| CacheError::Io {
+                path: lock_path.clone(),
+                source,
+            })?;
+        lock.lock().map_err(|source| CacheError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
         if let Some(module) = self.try_load(engine, &artifact) {
             return Ok((module, ModuleSource::Disk));
         }
@@ -173,7 +182,10 @@ fn sidecar(artifact: &Path) -> PathBuf {
 
 fn write_artifact(artifact: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let write = |path: &Path, contents: &[u8]| -> Result<(), CacheError> {
-        let io = |source| CacheError::Io { path: path.to_owned(), source };
+        let io = |source| CacheError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut file = File::create(&tmp).map_err(io)?;
         file.write_all(contents).map_err(io)?;
@@ -204,10 +216,12 @@ pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn current_uid() -> u32 {

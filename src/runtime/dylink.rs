@@ -10,9 +10,7 @@
 
 use std::collections::HashMap;
 
-use wasmtime::{
-    Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val, ValType,
-};
+use wasmtime::{Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val, ValType};
 
 use super::Runtime;
 use super::guest;
@@ -94,7 +92,9 @@ pub(crate) fn dylink_info(wasm: &[u8]) -> Result<DylinkInfo, String> {
 
 /// `_dlopen_js(struct dso *handle) -> bool`.
 pub(crate) fn dlopen(c: &mut C<'_>, handle: i32) -> wasmtime::Result<i32> {
-    let path = with_memory(c, |mem, _| guest::cstr(mem, handle + DSO_NAME_OFFSET).map(|p| p.to_vec()));
+    let path = with_memory(c, |mem, _| {
+        guest::cstr(mem, handle + DSO_NAME_OFFSET).map(|p| p.to_vec())
+    });
     let path = match path {
         Ok(p) => String::from_utf8_lossy(&p).into_owned(),
         Err(_) => return Ok(0),
@@ -119,7 +119,9 @@ pub(crate) fn dlopen(c: &mut C<'_>, handle: i32) -> wasmtime::Result<i32> {
 
 /// `_dlsym_js(handle, symbol, *symbol_index) -> address or table slot`.
 pub(crate) fn dlsym(c: &mut C<'_>, handle: i32, symbol: i32, _index: i32) -> wasmtime::Result<i32> {
-    let name = with_memory(c, |mem, _| guest::cstr(mem, symbol).map(|s| String::from_utf8_lossy(s).into_owned()));
+    let name = with_memory(c, |mem, _| {
+        guest::cstr(mem, symbol).map(|s| String::from_utf8_lossy(s).into_owned())
+    });
     let Ok(name) = name else { return Ok(0) };
     let dylinker = &c.data().dylinker;
     let candidates: Vec<usize> = match dylinker.by_handle.get(&handle) {
@@ -137,8 +139,19 @@ pub(crate) fn dlsym(c: &mut C<'_>, handle: i32, symbol: i32, _index: i32) -> was
             _ => {}
         }
     }
-    let lib = c.data().dylinker.by_handle.get(&handle).map(|&i| c.data().dylinker.libraries[i].path.clone());
-    set_error(c, &format!("Tried to lookup unknown symbol \"{name}\" in dynamic lib: {}", lib.unwrap_or_default()))?;
+    let lib = c
+        .data()
+        .dylinker
+        .by_handle
+        .get(&handle)
+        .map(|&i| c.data().dylinker.libraries[i].path.clone());
+    set_error(
+        c,
+        &format!(
+            "Tried to lookup unknown symbol \"{name}\" in dynamic lib: {}",
+            lib.unwrap_or_default()
+        ),
+    )?;
     Ok(0)
 }
 
@@ -156,7 +169,11 @@ impl From<String> for LoadError {
 }
 
 fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
-    let bytes = c.data().vfs.read_file(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let bytes = c
+        .data()
+        .vfs
+        .read_file(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
     let info = dylink_info(&bytes)?;
     for needed in &info.needed {
         let needed_path = format!("/pglite/lib/postgresql/{needed}");
@@ -166,13 +183,18 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
         }
     }
     let runtime = Runtime::global().map_err(|e| e.to_string())?;
-    let module = runtime.side_module(&bytes).map_err(|e| format!("cannot compile it: {e}"))?;
+    let module = runtime
+        .side_module(&bytes)
+        .map_err(|e| format!("cannot compile it: {e}"))?;
     let exports = c.data().exports().clone();
 
     // Memory and table space of its own.
     let memory_base = if info.memory_size > 0 {
         let align = 1i32 << info.memory_align.min(16);
-        let raw = exports.calloc.call(&mut *c, (info.memory_size as i32 + align, 1)).map_err(LoadError::Guest)?;
+        let raw = exports
+            .calloc
+            .call(&mut *c, (info.memory_size as i32 + align, 1))
+            .map_err(LoadError::Guest)?;
         if raw == 0 {
             return Err(format!("out of memory allocating {} bytes for it", info.memory_size).into());
         }
@@ -199,7 +221,9 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
             ("env", "__table_base", _) => Extern::Global(const_i32(c, table_base)?),
             ("GOT.mem", _, _) => Extern::Global(got_entry(c, GotKind::Mem, name)?),
             ("GOT.func", _, _) => Extern::Global(got_entry(c, GotKind::Func, name)?),
-            (_, _, wasmtime::ExternType::Func(ty)) => Extern::Func(resolve_function(c, runtime, path, name, ty)?),
+            (_, _, wasmtime::ExternType::Func(ty)) => {
+                Extern::Func(resolve_function(c, runtime, path, name, ty)?)
+            }
             ("env", _, wasmtime::ExternType::Global(_)) => match exports.instance.get_export(&mut *c, name) {
                 Some(Extern::Global(g)) => Extern::Global(g),
                 _ => return Err(format!("unresolved global import env.{name}").into()),
@@ -208,15 +232,20 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
         };
         imports.push(ext);
     }
-    let instance = Instance::new(&mut *c, &module, &imports).map_err(|e| format!("cannot instantiate it: {e}"))?;
+    let instance =
+        Instance::new(&mut *c, &module, &imports).map_err(|e| format!("cannot instantiate it: {e}"))?;
     let index = c.data().dylinker.libraries.len();
     let dylinker = &mut c.data_mut().dylinker;
-    dylinker.libraries.push(Library { path: path.to_owned(), instance, memory_base });
+    dylinker.libraries.push(Library {
+        path: path.to_owned(),
+        instance,
+        memory_base,
+    });
     dylinker.by_path.insert(path.to_owned(), index);
 
     resolve_got(c).map_err(LoadError::Guest)?;
     for init in ["__wasm_apply_data_relocs", "__wasm_call_ctors"] {
-        if let Some(func) = instance.get_typed_func::<(), ()>(&mut *c, init).ok() {
+        if let Ok(func) = instance.get_typed_func::<(), ()>(&mut *c, init) {
             func.call(&mut *c, ()).map_err(LoadError::Guest)?;
         }
     }
@@ -235,7 +264,10 @@ fn got_entry(c: &mut C<'_>, kind: GotKind, name: &str) -> Result<Global, LoadErr
     }
     let ty = GlobalType::new(ValType::I32, Mutability::Var);
     let global = Global::new(&mut *c, ty, Val::I32(0)).map_err(|e| LoadError::Message(e.to_string()))?;
-    c.data_mut().dylinker.got.insert((kind, name.to_owned()), (global, false));
+    c.data_mut()
+        .dylinker
+        .got
+        .insert((kind, name.to_owned()), (global, false));
     Ok(global)
 }
 
@@ -257,7 +289,12 @@ fn resolve_got(c: &mut C<'_>) -> wasmtime::Result<()> {
         };
         if let Some(value) = value {
             global.set(&mut *c, Val::I32(value as i32))?;
-            c.data_mut().dylinker.got.get_mut(&(kind, name)).expect("entry exists").1 = true;
+            c.data_mut()
+                .dylinker
+                .got
+                .get_mut(&(kind, name))
+                .expect("entry exists")
+                .1 = true;
         }
     }
     Ok(())
@@ -268,11 +305,19 @@ fn data_address(c: &mut C<'_>, main: Instance, name: &str) -> Option<u32> {
     if let Some(Extern::Global(g)) = main.get_export(&mut *c, name) {
         return g.get(&mut *c).i32().map(|v| v as u32);
     }
-    let libraries: Vec<(Instance, u32)> = c.data().dylinker.libraries.iter().map(|l| (l.instance, l.memory_base)).collect();
-    libraries.into_iter().find_map(|(instance, base)| match instance.get_export(&mut *c, name) {
-        Some(Extern::Global(g)) => g.get(&mut *c).i32().map(|v| (v as u32).wrapping_add(base)),
-        _ => None,
-    })
+    let libraries: Vec<(Instance, u32)> = c
+        .data()
+        .dylinker
+        .libraries
+        .iter()
+        .map(|l| (l.instance, l.memory_base))
+        .collect();
+    libraries
+        .into_iter()
+        .find_map(|(instance, base)| match instance.get_export(&mut *c, name) {
+            Some(Extern::Global(g)) => g.get(&mut *c).i32().map(|v| (v as u32).wrapping_add(base)),
+            _ => None,
+        })
 }
 
 /// The table slot of function `name`: the main module's first, then each library's.
@@ -296,7 +341,11 @@ fn slot_for(c: &mut C<'_>, library: Option<usize>, name: &str, func: Func) -> wa
     if let Some(&slot) = c.data().dylinker.slots.get(&key) {
         return Ok(slot);
     }
-    let existing = if library.is_none() { Runtime::global()?.main_table_slot(name) } else { None };
+    let existing = if library.is_none() {
+        Runtime::global()?.main_table_slot(name)
+    } else {
+        None
+    };
     let slot = match existing {
         Some(slot) => slot,
         None => {

@@ -8,13 +8,15 @@ pub(crate) const EFAULT: Errno = Errno(21);
 /// The bytes at `ptr..ptr+len`.
 pub(crate) fn slice(mem: &[u8], ptr: i32, len: usize) -> Result<&[u8], Errno> {
     let start = ptr as u32 as usize;
-    mem.get(start..start.checked_add(len).ok_or(EFAULT)?).ok_or(EFAULT)
+    mem.get(start..start.checked_add(len).ok_or(EFAULT)?)
+        .ok_or(EFAULT)
 }
 
 /// The bytes at `ptr..ptr+len`, writable.
 pub(crate) fn slice_mut(mem: &mut [u8], ptr: i32, len: usize) -> Result<&mut [u8], Errno> {
     let start = ptr as u32 as usize;
-    mem.get_mut(start..start.checked_add(len).ok_or(EFAULT)?).ok_or(EFAULT)
+    mem.get_mut(start..start.checked_add(len).ok_or(EFAULT)?)
+        .ok_or(EFAULT)
 }
 
 /// The NUL-terminated string at `ptr`, without its NUL.

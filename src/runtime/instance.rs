@@ -71,14 +71,22 @@ impl PgInstance {
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
             ($name:literal) => {
-                instance.get_typed_func(&mut store, $name).map_err(|_| missing($name))?
+                instance
+                    .get_typed_func(&mut store, $name)
+                    .map_err(|_| missing($name))?
             };
         }
         let exports = Exports {
             instance,
-            memory: instance.get_memory(&mut store, "memory").ok_or_else(|| missing("memory"))?,
-            table: instance.get_table(&mut store, "__indirect_function_table").ok_or_else(|| missing("the table"))?,
-            stack_pointer: instance.get_global(&mut store, "__stack_pointer").ok_or_else(|| missing("__stack_pointer"))?,
+            memory: instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| missing("memory"))?,
+            table: instance
+                .get_table(&mut store, "__indirect_function_table")
+                .ok_or_else(|| missing("the table"))?,
+            stack_pointer: instance
+                .get_global(&mut store, "__stack_pointer")
+                .ok_or_else(|| missing("__stack_pointer"))?,
             set_threw: func!("setThrew"),
             malloc: func!("malloc"),
             calloc: func!("calloc"),
@@ -192,17 +200,18 @@ impl PgInstance {
     /// Clean shutdown (§9): deactivate, run Postgres' exit callbacks (shutdown checkpoint, removal
     /// of postmaster.pid), close every file.
     pub fn shutdown(&mut self) -> Result<(), CallError> {
-        let result = self.call(self.entry.set_active.clone(), 0).map(drop).and_then(|()| {
-            match self.call(self.entry.run_atexit.clone(), ()) {
+        let result = self
+            .call(self.entry.set_active.clone(), 0)
+            .map(drop)
+            .and_then(|()| match self.call(self.entry.run_atexit.clone(), ()) {
                 Ok(()) | Err(CallError::Exit(0)) => Ok(()),
                 Err(e) => Err(e),
-            }
-        });
+            });
         self.store.data_mut().vfs.close_all();
         result
     }
 
-    /// The instance's filesystem.
+    /// The instance's filesystem (for `/dev/blob`).
     pub fn vfs_mut(&mut self) -> &mut Vfs {
         &mut self.store.data_mut().vfs
     }
@@ -214,7 +223,11 @@ impl PgInstance {
 
     /// Calls an export, restoring the C stack pointer if the call unwinds (an `exit` or a trap
     /// skips the epilogues that would have restored it).
-    fn call<P: WasmParams, R: WasmResults>(&mut self, func: TypedFunc<P, R>, params: P) -> Result<R, CallError> {
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        func: TypedFunc<P, R>,
+        params: P,
+    ) -> Result<R, CallError> {
         let sp_global = self.store.data().exports().stack_pointer;
         let saved = sp_global.get(&mut self.store);
         match func.call(&mut self.store, params) {
@@ -228,75 +241,103 @@ impl PgInstance {
 
     /// Registers the protocol read/write callbacks and the subprocess hooks (§3.1 step 7).
     fn install_callbacks(&mut self) -> Result<(), CallError> {
-        let read = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
-            with_memory(&mut c, |mem, st| {
-                let io = &mut st.io;
-                let mut pending = &io.input[io.input_pos.min(io.input.len())..];
-                if pending.is_empty() {
-                    // The backend wants more input than this exec carries: only a COPY FROM STDIN
-                    // whose data was not sent along does that. End the COPY with an error instead of
-                    // the EOF that would kill the backend; then end the protocol cycle.
-                    io.copy_fail_injected += 1;
-                    pending = match io.copy_fail_injected {
-                        1 => COPY_FAIL_MISSING_DATA,
-                        2 => SYNC,
-                        _ => return 0,
-                    };
-                    let n = pending.len().min(max.max(0) as usize);
-                    return match guest::write_bytes(mem, ptr, &pending[..n]) {
-                        Ok(()) => n as i32,
-                        Err(_) => 0,
-                    };
-                }
-                let n = pending.len().min(max.max(0) as usize);
-                match guest::write_bytes(mem, ptr, &pending[..n]) {
-                    Ok(()) => {
-                        io.input_pos += n;
-                        n as i32
+        let read = Func::wrap(
+            &mut self.store,
+            |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
+                with_memory(&mut c, |mem, st| {
+                    let io = &mut st.io;
+                    let mut pending = &io.input[io.input_pos.min(io.input.len())..];
+                    if pending.is_empty() {
+                        // The backend wants more input than this exec carries: only a COPY FROM STDIN
+                        // whose data was not sent along does that. End the COPY with an error instead of
+                        // the EOF that would kill the backend; then end the protocol cycle.
+                        io.copy_fail_injected += 1;
+                        pending = match io.copy_fail_injected {
+                            1 => COPY_FAIL_MISSING_DATA,
+                            2 => SYNC,
+                            _ => return 0,
+                        };
+                        let n = pending.len().min(max.max(0) as usize);
+                        return match guest::write_bytes(mem, ptr, &pending[..n]) {
+                            Ok(()) => n as i32,
+                            Err(_) => 0,
+                        };
                     }
-                    Err(_) => 0,
-                }
-            })
-        });
-        let write = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
-            with_memory(&mut c, |mem, st| match guest::slice(mem, ptr, len.max(0) as usize) {
-                Ok(bytes) => {
-                    st.io.output.extend_from_slice(bytes);
-                    len
-                }
-                Err(_) => -1,
-            })
-        });
+                    let n = pending.len().min(max.max(0) as usize);
+                    match guest::write_bytes(mem, ptr, &pending[..n]) {
+                        Ok(()) => {
+                            io.input_pos += n;
+                            n as i32
+                        }
+                        Err(_) => 0,
+                    }
+                })
+            },
+        );
+        let write = Func::wrap(
+            &mut self.store,
+            |mut c: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
+                with_memory(&mut c, |mem, st| {
+                    match guest::slice(mem, ptr, len.max(0) as usize) {
+                        Ok(bytes) => {
+                            st.io.output.extend_from_slice(bytes);
+                            len
+                        }
+                        Err(_) => -1,
+                    }
+                })
+            },
+        );
         let system = Func::wrap(&mut self.store, |mut c: Caller<'_, HostState>, cmd: i32| -> i32 {
-            let command = with_memory(&mut c, |mem, _| guest::cstr(mem, cmd).map(|s| String::from_utf8_lossy(s).into_owned()));
+            let command = with_memory(&mut c, |mem, _| {
+                guest::cstr(mem, cmd).map(|s| String::from_utf8_lossy(s).into_owned())
+            });
             tracing::debug!(target: "pglite_harness::backend", "system({command:?}) refused: no subprocesses");
             1
         });
         let fopen = self.entry.fopen.clone();
-        let popen = Func::wrap(&mut self.store, move |mut c: Caller<'_, HostState>, cmd: i32, mode: i32| -> wasmtime::Result<i32> {
-            let (command, mode) = with_memory(&mut c, |mem, _| {
-                (guest::cstr(mem, cmd).unwrap_or_default().to_vec(), guest::cstr(mem, mode).unwrap_or_default().to_vec())
-            });
-            // Only `locale -a` (initdb) is served, from the packaged answer file.
-            if !command.starts_with(b"locale -a") || mode != b"r" {
-                return Ok(0);
-            }
-            let malloc = c.data().exports().malloc.clone();
-            let path = malloc.call(&mut c, 32)?;
-            with_memory(&mut c, |mem, _| {
-                let _ = guest::write_bytes(mem, path, b"/pglite/locale-a\0r\0");
-            });
-            fopen.call(&mut c, (path, path + 17))
-        });
+        let popen = Func::wrap(
+            &mut self.store,
+            move |mut c: Caller<'_, HostState>, cmd: i32, mode: i32| -> wasmtime::Result<i32> {
+                let (command, mode) = with_memory(&mut c, |mem, _| {
+                    (
+                        guest::cstr(mem, cmd).unwrap_or_default().to_vec(),
+                        guest::cstr(mem, mode).unwrap_or_default().to_vec(),
+                    )
+                });
+                // Only `locale -a` (initdb) is served, from the packaged answer file.
+                if !command.starts_with(b"locale -a") || mode != b"r" {
+                    return Ok(0);
+                }
+                let malloc = c.data().exports().malloc.clone();
+                let path = malloc.call(&mut c, 32)?;
+                with_memory(&mut c, |mem, _| {
+                    let _ = guest::write_bytes(mem, path, b"/pglite/locale-a\0r\0");
+                });
+                fopen.call(&mut c, (path, path + 17))
+            },
+        );
         let fclose = self.entry.fclose.clone();
-        let pclose = Func::wrap(&mut self.store, move |mut c: Caller<'_, HostState>, file: i32| -> wasmtime::Result<i32> {
-            fclose.call(&mut c, file)
-        });
+        let pclose = Func::wrap(
+            &mut self.store,
+            move |mut c: Caller<'_, HostState>, file: i32| -> wasmtime::Result<i32> {
+                fclose.call(&mut c, file)
+            },
+        );
         let table = self.store.data().exports().table;
         let mut slot = |f: Func| -> Result<i32, CallError> {
-            table.grow(&mut self.store, 1, Ref::Func(Some(f))).map(|i| i as i32).map_err(trap)
+            table
+                .grow(&mut self.store, 1, Ref::Func(Some(f)))
+                .map(|i| i as i32)
+                .map_err(trap)
         };
-        let (read, write, system, popen, pclose) = (slot(read)?, slot(write)?, slot(system)?, slot(popen)?, slot(pclose)?);
+        let (read, write, system, popen, pclose) = (
+            slot(read)?,
+            slot(write)?,
+            slot(system)?,
+            slot(popen)?,
+            slot(pclose)?,
+        );
         self.call(self.entry.set_rw_cbs.clone(), (read, write))?;
         self.call(self.entry.set_system_fn.clone(), system)?;
         self.call(self.entry.set_popen_fn.clone(), popen)?;
@@ -325,7 +366,8 @@ impl PgInstance {
 }
 
 /// A CopyFail message ('f') sent in place of COPY data the exec did not carry.
-const COPY_FAIL_MISSING_DATA: &[u8] = b"f\x00\x00\x00\x40COPY data must be sent in the same exec as the COPY command\x00";
+const COPY_FAIL_MISSING_DATA: &[u8] =
+    b"f\x00\x00\x00\x40COPY data must be sent in the same exec as the COPY command\x00";
 /// A Sync message.
 const SYNC: &[u8] = b"S\x00\x00\x00\x04";
 

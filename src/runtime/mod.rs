@@ -87,7 +87,14 @@ impl Runtime {
     pub fn global() -> Result<&'static Runtime, RuntimeError> {
         static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
         RUNTIME
-            .get_or_init(|| Runtime::new(ModuleCache::from_env().map_err(|e| tracing::warn!("{e}; compiling in memory only")).ok()).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                Runtime::new(
+                    ModuleCache::from_env()
+                        .map_err(|e| tracing::warn!("{e}; compiling in memory only"))
+                        .ok(),
+                )
+                .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|reason| RuntimeError::Unavailable(reason.clone()))
     }
@@ -103,12 +110,18 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Module(format!("{e:#}")))?,
             None => {
                 let wasm = rewrite::define_memory(assets::PGLITE_WASM)?;
-                (Module::new(&engine, wasm).map_err(|e| RuntimeError::Module(format!("{e:#}")))?, ModuleSource::Compiled)
+                (
+                    Module::new(&engine, wasm).map_err(|e| RuntimeError::Module(format!("{e:#}")))?,
+                    ModuleSource::Compiled,
+                )
             }
         };
         let linker = imports::linker(&engine, &module).map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
-        let instance_pre = linker.instantiate_pre(&module).map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
-        let main_table_slots = table_slots(assets::PGLITE_WASM).map_err(|e| RuntimeError::Module(e.to_string()))?;
+        let instance_pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
+        let main_table_slots =
+            table_slots(assets::PGLITE_WASM).map_err(|e| RuntimeError::Module(e.to_string()))?;
         let load_time = started.elapsed();
         tracing::debug!(?source, ?load_time, "PGlite runtime ready");
         Ok(Runtime {
@@ -153,10 +166,17 @@ impl Runtime {
             return Ok(module.clone());
         }
         let module = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, "side", &cache::hex(&hash), || Ok(wasm.to_vec()))?.0,
+            Some(cache) => {
+                cache
+                    .load_or_compile(&self.engine, "side", &cache::hex(&hash), || Ok(wasm.to_vec()))?
+                    .0
+            }
             None => Module::new(&self.engine, wasm)?,
         };
-        self.side_modules.lock().expect("side module cache").insert(hash, module.clone());
+        self.side_modules
+            .lock()
+            .expect("side module cache")
+            .insert(hash, module.clone());
         Ok(module)
     }
 }
@@ -186,15 +206,22 @@ fn table_slots(wasm: &[u8]) -> Result<HashMap<String, u32>, wasmparser::BinaryRe
                 for export in reader {
                     let export = export?;
                     if export.kind == ExternalKind::Func {
-                        exports.entry(export.index).or_default().push(export.name.to_owned());
+                        exports
+                            .entry(export.index)
+                            .or_default()
+                            .push(export.name.to_owned());
                     }
                 }
             }
             Payload::ElementSection(reader) => {
                 for element in reader {
                     let element = element?;
-                    let ElementKind::Active { offset_expr, .. } = element.kind else { continue };
-                    let Some(Ok(Operator::I32Const { value: offset })) = offset_expr.get_operators_reader().into_iter().next() else {
+                    let ElementKind::Active { offset_expr, .. } = element.kind else {
+                        continue;
+                    };
+                    let Some(Ok(Operator::I32Const { value: offset })) =
+                        offset_expr.get_operators_reader().into_iter().next()
+                    else {
                         continue;
                     };
                     if let ElementItems::Functions(funcs) = element.items {
@@ -209,7 +236,11 @@ fn table_slots(wasm: &[u8]) -> Result<HashMap<String, u32>, wasmparser::BinaryRe
     }
     Ok(exports
         .into_iter()
-        .filter_map(|(func, names)| slot_of_func.get(&func).map(|&slot| names.into_iter().map(move |n| (n, slot))))
+        .filter_map(|(func, names)| {
+            slot_of_func
+                .get(&func)
+                .map(|&slot| names.into_iter().map(move |n| (n, slot)))
+        })
         .flatten()
         .collect())
 }

@@ -36,13 +36,14 @@ pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
             continue;
         };
         // Section ids after which the memory section must come (type, import, function, table).
-        if !memory_written && id > 4 && id != 0 {
-            if let Some(ty) = memory {
-                let mut section = MemorySection::new();
-                section.memory(ty);
-                out.section(&section);
-                memory_written = true;
-            }
+        if !memory_written
+            && id > 4
+            && let Some(ty) = memory
+        {
+            let mut section = MemorySection::new();
+            section.memory(ty);
+            out.section(&section);
+            memory_written = true;
         }
         match payload {
             Payload::ImportSection(reader) => {
@@ -77,7 +78,9 @@ pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
                 out.section(&section);
             }
             Payload::MemorySection(_) => {
-                return Err(RewriteError::Unexpected("a memory section besides env.memory".into()));
+                return Err(RewriteError::Unexpected(
+                    "a memory section besides env.memory".into(),
+                ));
             }
             Payload::ExportSection(reader) => {
                 let mut section = ExportSection::new();
@@ -103,7 +106,10 @@ pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
             // Custom sections (dylink.0, names) mean nothing to wasmtime.
             Payload::CustomSection(_) => {}
             _ => {
-                out.section(&RawSection { id, data: &wasm[range] });
+                out.section(&RawSection {
+                    id,
+                    data: &wasm[range],
+                });
             }
         }
     }

@@ -40,7 +40,9 @@ impl HostState {
 
     /// The exports; imports only run after they are set.
     pub fn exports(&self) -> &Exports {
-        self.exports.as_ref().expect("exports are set before any import can run")
+        self.exports
+            .as_ref()
+            .expect("exports are set before any import can run")
     }
 }
 

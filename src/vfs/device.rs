@@ -66,9 +66,7 @@ impl Device {
         match self {
             Device::Null | Device::Zero | Device::Random => SeekBehaviour::AlwaysZero,
             Device::Blob => SeekBehaviour::Positional,
-            Device::Tty | Device::Stdin | Device::Stdout | Device::Stderr => {
-                SeekBehaviour::Unseekable
-            }
+            Device::Tty | Device::Stdin | Device::Stdout | Device::Stderr => SeekBehaviour::Unseekable,
         }
     }
 }

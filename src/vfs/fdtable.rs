@@ -201,12 +201,7 @@ impl FdTable {
 
     /// Makes `new_fd` share the description of `fd`, closing what `new_fd` had. Returns the
     /// description that lost its last descriptor, if any, for the caller to release.
-    pub fn dup_to(
-        &mut self,
-        fd: i32,
-        new_fd: i32,
-        cloexec: bool,
-    ) -> VfsResult<Option<Description>> {
+    pub fn dup_to(&mut self, fd: i32, new_fd: i32, cloexec: bool) -> VfsResult<Option<Description>> {
         let entry = self.entry(fd)?;
         let slot = usize::try_from(new_fd)
             .ok()
@@ -315,10 +310,7 @@ mod tests {
         }
         assert_eq!(table.dup(fd, 0, false), Err(Errno::EMFILE));
         assert!(!table.has_room(1));
-        assert_eq!(
-            table.dup_to(fd, MAX_FDS as i32, false).err(),
-            Some(Errno::EBADF)
-        );
+        assert_eq!(table.dup_to(fd, MAX_FDS as i32, false).err(), Some(Errno::EBADF));
     }
 
     #[test]

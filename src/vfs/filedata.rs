@@ -70,8 +70,7 @@ impl FileData {
         if offset >= self.len {
             return 0;
         }
-        let total =
-            usize::try_from(self.len - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        let total = usize::try_from(self.len - offset).map_or(buf.len(), |left| left.min(buf.len()));
         let mut done = 0;
         while done < total {
             let pos = offset + done as u64;
@@ -106,11 +105,18 @@ impl FileData {
             let src = &buf[done..done + n];
             done += n;
             match self.chunks.get_mut(index).and_then(Option::as_mut) {
-                // Zeros where the chunk already reads as zeros change nothing.
-                Some(chunk) if within >= chunk.len() && is_zero(src) => {}
-                Some(chunk) => write_into(Arc::make_mut(chunk), within, src),
-                None if is_zero(src) => {}
+                Some(chunk) => {
+                    let src = &src[..stored_prefix(chunk.len(), within, src)];
+                    // Zeros where the chunk already reads as zeros change nothing.
+                    if !src.is_empty() {
+                        write_into(Arc::make_mut(chunk), within, src);
+                    }
+                }
                 None => {
+                    let src = &src[..stored_prefix(0, within, src)];
+                    if src.is_empty() {
+                        continue;
+                    }
                     if self.chunks.len() <= index {
                         self.chunks.resize(index + 1, None);
                     }
@@ -175,14 +181,25 @@ fn write_into(chunk: &mut Vec<u8>, within: usize, src: &[u8]) {
     chunk[within..needed].copy_from_slice(src);
 }
 
+/// How much of `src`, written at `within` into a chunk holding `stored` bytes, must really be
+/// stored: everything that overlaps the stored bytes, and beyond them up to the last non-zero
+/// byte (the chunk reads zeros past its end anyway).
+fn stored_prefix(stored: usize, within: usize, src: &[u8]) -> usize {
+    let overlap = stored.saturating_sub(within).min(src.len());
+    if overlap == src.len() {
+        return overlap;
+    }
+    let nonzero = src[overlap..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    overlap + nonzero
+}
+
 /// Chunk index and offset within it of a file position.
 fn split(pos: u64) -> (usize, usize) {
     let index = usize::try_from(pos / CHUNK).expect("chunk index fits in usize");
     (index, (pos % CHUNK) as usize)
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -255,8 +272,7 @@ mod tests {
     fn clones_share_chunks_until_written() {
         let mut original = FileData::from_bytes(&[1u8; 2 * CHUNK_SIZE]);
         let mut copy = original.clone();
-        let shared =
-            |file: &FileData, index: usize| Arc::strong_count(file.chunks[index].as_ref().unwrap());
+        let shared = |file: &FileData, index: usize| Arc::strong_count(file.chunks[index].as_ref().unwrap());
         assert_eq!((shared(&original, 0), shared(&original, 1)), (2, 2));
         copy.write_at(b"copy", 10).unwrap();
         // Only the written chunk was copied; the other one is still shared.
@@ -294,6 +310,22 @@ mod tests {
         file.set_len(50).unwrap();
         assert_eq!(copy.to_vec(), vec![3u8; 100]);
         assert_eq!(file.to_vec(), vec![3u8; 50]);
+    }
+
+    #[test]
+    fn trailing_zeros_are_not_stored() {
+        let mut page = [0u8; 8192];
+        page[..10].fill(4);
+        let mut file = FileData::from_bytes(&page);
+        assert_eq!(file.len(), 8192);
+        assert_eq!(file.chunks[0].as_ref().unwrap().len(), 10);
+        // Zeros over stored bytes are real writes.
+        file.write_at(&[0u8; 4], 2).unwrap();
+        assert_eq!(file.to_vec()[..10], [4, 4, 0, 0, 0, 0, 4, 4, 4, 4]);
+        assert_eq!(stored_prefix(10, 8, &[0, 0, 0, 0]), 2);
+        assert_eq!(stored_prefix(10, 8, &[0, 0, 0, 5]), 4);
+        assert_eq!(stored_prefix(0, 8, &[0, 0]), 0);
+        assert_eq!(stored_prefix(20, 8, &[0, 0]), 2);
     }
 
     #[test]

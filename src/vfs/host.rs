@@ -101,7 +101,7 @@ pub(crate) fn kind_of(file_type: fs::FileType) -> FileKind {
 /// The kind of the host file at `path` without following a final symlink; `None` if missing.
 pub(crate) fn lstat_kind(path: &Path) -> VfsResult<Option<FileKind>> {
     match fs::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(kind_of(meta.file_type()))),
+        Ok(meta) => Ok(Some(FileKind::from_mode(meta.mode()))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io_err(err)),
     }

@@ -180,13 +180,7 @@ impl MemTree {
     }
 
     /// Creates a node and links it as `name` in `parent`; `EEXIST` if the name is taken.
-    pub fn create(
-        &mut self,
-        parent: NodeId,
-        name: &[u8],
-        kind: NodeKind,
-        perm: u32,
-    ) -> VfsResult<NodeId> {
+    pub fn create(&mut self, parent: NodeId, name: &[u8], kind: NodeKind, perm: u32) -> VfsResult<NodeId> {
         if self.lookup(parent, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -494,8 +488,7 @@ mod tests {
         let a = tree.create(MemTree::ROOT, b"a", file(), 0o644).unwrap();
         tree.create(MemTree::ROOT, b"b", file(), 0o644).unwrap();
         let nodes = tree.live_nodes();
-        tree.rename(MemTree::ROOT, b"a", MemTree::ROOT, b"b")
-            .unwrap();
+        tree.rename(MemTree::ROOT, b"a", MemTree::ROOT, b"b").unwrap();
         assert_eq!(tree.lookup(MemTree::ROOT, b"b"), Ok(Some(a)));
         assert_eq!(tree.lookup(MemTree::ROOT, b"a"), Ok(None));
         assert_eq!(tree.live_nodes(), nodes - 1);

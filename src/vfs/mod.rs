@@ -33,11 +33,16 @@ use std::path::Path;
 
 pub use device::OutputSink;
 pub use errno::{Errno, VfsResult};
-pub use fdtable::MAX_FDS;
-pub use filedata::{CHUNK_SIZE, MAX_FILE_SIZE};
 pub use host::Durability;
+#[allow(
+    unused_imports,
+    reason = "the module's public types, named by callers as needed"
+)]
 pub use memory::MemoryStats;
-pub use resolve::{MAX_SYMLINK_HOPS, NAME_MAX, PATH_MAX};
+#[allow(
+    unused_imports,
+    reason = "the module's public types, named by callers as needed"
+)]
 pub use stat::{DirEntry, FileKind, Stat, StatFs, Timespec};
 
 use device::{Device, DeviceState};
@@ -229,6 +234,7 @@ impl Vfs {
     }
 
     /// Whether `path` exists (symbolic links followed).
+    #[cfg(test)]
     pub fn exists(&self, path: &str) -> bool {
         self.resolve(AT_FDCWD, path.as_bytes(), true).is_ok()
     }
@@ -237,12 +243,7 @@ impl Vfs {
     /// `/pglite/data`). Everything below `at` is then the host directory's content; what the
     /// in-memory directory held is hidden. `EBUSY` if `at` is `/`, already a mount point or
     /// inside a mount.
-    pub fn mount_host_dir(
-        &mut self,
-        at: &str,
-        host_dir: &Path,
-        durability: Durability,
-    ) -> VfsResult<()> {
+    pub fn mount_host_dir(&mut self, at: &str, host_dir: &Path, durability: Durability) -> VfsResult<()> {
         let root = host::canonical_dir(host_dir)?;
         let Loc::Mem(node) = self.make_dirs(at.as_bytes(), 0o700, false)? else {
             return Err(Errno::EBUSY);
@@ -295,7 +296,7 @@ impl Vfs {
 
     /// Closes every descriptor (at shutdown); host files are closed.
     pub fn close_all(&mut self) {
-        for fd in self.fds.open_fds() {
+        for fd in self.open_fds() {
             if let Err(err) = self.close(fd) {
                 tracing::debug!(fd, %err, "close at shutdown failed");
             }
@@ -381,9 +382,9 @@ impl Vfs {
 impl fmt::Debug for Vfs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vfs")
-            .field("nodes", &self.tree.live_nodes())
+            .field("memory", &self.memory_stats())
             .field("mounts", &self.mounts)
-            .field("open_fds", &self.fds.open_fds().len())
+            .field("open_fds", &self.open_fds().len())
             .field("cwd", &String::from_utf8_lossy(&self.path_of(&self.cwd)))
             .field("umask", &format_args!("{:#o}", self.umask))
             .field("devices", &self.devices)

@@ -13,8 +13,7 @@ use super::resolve::{Loc, MAX_SYMLINK_HOPS, Resolved};
 use super::stat::{FileKind, PERMISSION_BITS};
 
 /// Open flags that only matter while opening; the rest stay on the description (`F_GETFL`).
-const OPEN_ONLY_FLAGS: u32 =
-    O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+const OPEN_ONLY_FLAGS: u32 = O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
 /// What `openat` found or made.
 enum Opened {
@@ -54,13 +53,7 @@ impl Vfs {
 
     /// The `O_CREAT` part of `openat`: find the name, following symbolic links to their
     /// targets, and create the file if it is missing.
-    fn open_creating(
-        &mut self,
-        dirfd: i32,
-        path: &[u8],
-        flags: u32,
-        mode: u32,
-    ) -> VfsResult<Opened> {
+    fn open_creating(&mut self, dirfd: i32, path: &[u8], flags: u32, mode: u32) -> VfsResult<Opened> {
         let mut hops = 0;
         let mut parent = self.resolve_parent(dirfd, path)?;
         loop {
@@ -253,13 +246,9 @@ mod tests {
             vfs.openat(AT_FDCWD, b"/tmp/f", O_CREAT | O_EXCL | O_RDWR, 0o666),
             Err(Errno::EEXIST)
         );
-        let again = vfs
-            .openat(AT_FDCWD, b"/tmp/f", O_CREAT | O_RDWR, 0o666)
-            .unwrap();
+        let again = vfs.openat(AT_FDCWD, b"/tmp/f", O_CREAT | O_RDWR, 0o666).unwrap();
         assert_eq!(vfs.fstat(again).unwrap().size, 5);
-        let trunc = vfs
-            .openat(AT_FDCWD, b"/tmp/f", O_WRONLY | O_TRUNC, 0)
-            .unwrap();
+        let trunc = vfs.openat(AT_FDCWD, b"/tmp/f", O_WRONLY | O_TRUNC, 0).unwrap();
         assert_eq!(vfs.fstat(trunc).unwrap().size, 0);
         assert_eq!(vfs.fstat(fd).unwrap().size, 0);
     }
@@ -289,10 +278,7 @@ mod tests {
             vfs.openat(AT_FDCWD, b"/tmp/file/", O_RDONLY, 0),
             Err(Errno::ENOTDIR)
         );
-        assert!(
-            vfs.openat(AT_FDCWD, b"/tmp", O_RDONLY | O_DIRECTORY, 0)
-                .is_ok()
-        );
+        assert!(vfs.openat(AT_FDCWD, b"/tmp", O_RDONLY | O_DIRECTORY, 0).is_ok());
     }
 
     #[test]
@@ -304,12 +290,7 @@ mod tests {
             Err(Errno::EEXIST)
         );
         assert_eq!(
-            vfs.openat(
-                AT_FDCWD,
-                b"/tmp/link",
-                O_CREAT | O_NOFOLLOW | O_WRONLY,
-                0o600
-            ),
+            vfs.openat(AT_FDCWD, b"/tmp/link", O_CREAT | O_NOFOLLOW | O_WRONLY, 0o600),
             Err(Errno::ELOOP)
         );
         let fd = vfs
@@ -329,12 +310,8 @@ mod tests {
         vfs.read(fd, &mut buf).unwrap();
         vfs.read(copy, &mut buf).unwrap();
         assert_eq!(&buf, b"345");
-        vfs.fcntl(fd, F_SETFL, (O_NONBLOCK | O_RDWR) as i32)
-            .unwrap();
-        assert_eq!(
-            vfs.fcntl(copy, F_GETFL, 0),
-            Ok((O_NONBLOCK | O_RDONLY) as i32)
-        );
+        vfs.fcntl(fd, F_SETFL, (O_NONBLOCK | O_RDWR) as i32).unwrap();
+        assert_eq!(vfs.fcntl(copy, F_GETFL, 0), Ok((O_NONBLOCK | O_RDONLY) as i32));
         assert_eq!(vfs.fcntl(copy, F_GETFD, 0), Ok(0));
         vfs.fcntl(copy, F_SETFD, FD_CLOEXEC).unwrap();
         assert_eq!(vfs.fcntl(copy, F_GETFD, 0), Ok(FD_CLOEXEC));

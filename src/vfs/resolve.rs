@@ -143,12 +143,7 @@ impl Vfs {
     }
 
     /// [`Vfs::resolve_parent`] from an explicit start directory, sharing a symlink budget.
-    pub(crate) fn parent_ref(
-        &self,
-        base: Loc,
-        path: &[u8],
-        hops: &mut u32,
-    ) -> VfsResult<ParentRef> {
+    pub(crate) fn parent_ref(&self, base: Loc, path: &[u8], hops: &mut u32) -> VfsResult<ParentRef> {
         check_path(path)?;
         let trimmed_len = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
         let trailing_slash = trimmed_len < path.len();
@@ -207,9 +202,7 @@ impl Vfs {
             }
             check_name(name)?;
             let is_last = parts.peek().is_none();
-            let child = self
-                .lookup_child(&current.loc, name)?
-                .ok_or(Errno::ENOENT)?;
+            let child = self.lookup_child(&current.loc, name)?.ok_or(Errno::ENOENT)?;
             current = if child.kind == FileKind::Symlink && (!is_last || follow_last) {
                 *hops += 1;
                 if *hops > MAX_SYMLINK_HOPS {
@@ -399,8 +392,7 @@ mod tests {
     fn symlinks_are_followed_and_loops_stop() {
         let mut vfs = vfs();
         vfs.symlinkat(b"b/c", AT_FDCWD, b"/a/to_c").unwrap();
-        vfs.symlinkat(b"/a/b/file", AT_FDCWD, b"/a/b/c/abs")
-            .unwrap();
+        vfs.symlinkat(b"/a/b/file", AT_FDCWD, b"/a/b/c/abs").unwrap();
         let c = vfs.resolve(AT_FDCWD, b"/a/b/c", true).unwrap().loc;
         assert_eq!(vfs.resolve(AT_FDCWD, b"/a/to_c", true).unwrap().loc, c);
         assert_eq!(vfs.resolve(AT_FDCWD, b"/a/to_c/", false).unwrap().loc, c);
@@ -411,14 +403,8 @@ mod tests {
 
         vfs.symlinkat(b"loop2", AT_FDCWD, b"/loop1").unwrap();
         vfs.symlinkat(b"loop1", AT_FDCWD, b"/loop2").unwrap();
-        assert_eq!(
-            vfs.resolve(AT_FDCWD, b"/loop1", true).err(),
-            Some(Errno::ELOOP)
-        );
-        assert_eq!(
-            vfs.statat(AT_FDCWD, b"/loop1/x", 0).err(),
-            Some(Errno::ELOOP)
-        );
+        assert_eq!(vfs.resolve(AT_FDCWD, b"/loop1", true).err(), Some(Errno::ELOOP));
+        assert_eq!(vfs.statat(AT_FDCWD, b"/loop1/x", 0).err(), Some(Errno::ELOOP));
         assert!(vfs.resolve(AT_FDCWD, b"/loop1", false).is_ok());
         assert_eq!(
             vfs.openat(AT_FDCWD, b"/loop1", O_RDONLY, 0).err(),
@@ -434,9 +420,7 @@ mod tests {
     #[test]
     fn relative_to_a_directory_fd() {
         let mut vfs = vfs();
-        let dirfd = vfs
-            .openat(AT_FDCWD, b"/a/b", O_RDONLY | O_DIRECTORY, 0)
-            .unwrap();
+        let dirfd = vfs.openat(AT_FDCWD, b"/a/b", O_RDONLY | O_DIRECTORY, 0).unwrap();
         let file = vfs.resolve(dirfd, b"file", true).unwrap();
         assert_eq!(file.kind, FileKind::Regular);
         let filefd = vfs.openat(dirfd, b"file", O_RDONLY, 0).unwrap();

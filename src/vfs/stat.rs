@@ -121,9 +121,6 @@ pub struct Stat {
 }
 
 impl Stat {
-    /// Size in bytes of the Emscripten `struct stat`.
-    pub const SIZE: usize = 96;
-
     /// The Emscripten wasm32 `struct stat` (96 bytes, little-endian): dev@0, mode@4, nlink@8,
     /// uid@12, gid@16, rdev@20, size@24 (i64), blksize@32, blocks@36, atime@40/48,
     /// mtime@56/64, ctime@72/80 (i64 seconds, u32 nanoseconds), ino@88 (u64).
@@ -144,11 +141,6 @@ impl Stat {
         }
         put(&mut out, 88, &self.ino.to_le_bytes());
         out
-    }
-
-    /// The kind encoded in [`Stat::mode`].
-    pub fn kind(&self) -> FileKind {
-        FileKind::from_mode(self.mode)
     }
 }
 
@@ -181,11 +173,7 @@ impl DirEntry {
         out.fill(0);
         let next = (index + 1).saturating_mul(Self::RECORD_SIZE as u64);
         put(out, 0, &self.ino.to_le_bytes());
-        put(
-            out,
-            8,
-            &i64::try_from(next).unwrap_or(i64::MAX).to_le_bytes(),
-        );
+        put(out, 8, &i64::try_from(next).unwrap_or(i64::MAX).to_le_bytes());
         put(out, 16, &(Self::RECORD_SIZE as u16).to_le_bytes());
         out[18] = self.kind.dirent_type();
         let len = self.name.len().min(Self::MAX_NAME);
@@ -222,9 +210,6 @@ pub struct StatFs {
 }
 
 impl StatFs {
-    /// Size in bytes of the Emscripten `struct statfs`.
-    pub const SIZE: usize = 64;
-
     /// The Emscripten wasm32 `struct statfs` (64 bytes, little-endian, every field 32-bit, as in
     /// Emscripten's `struct_info_generated.json`): type@0, bsize@4, blocks@8, bfree@12,
     /// bavail@16, files@20, ffree@24, fsid@28 (2 words), namelen@36, frsize@40, flags@44,
@@ -336,7 +321,7 @@ mod tests {
         assert_eq!(u64_at(&bytes, 72) as i64, -14);
         assert_eq!(u32_at(&bytes, 80), 15);
         assert_eq!(u64_at(&bytes, 88), 0xdead_beef_cafe);
-        assert_eq!(stat.kind(), FileKind::Regular);
+        assert_eq!(FileKind::from_mode(stat.mode), FileKind::Regular);
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub fn query(backend: &mut Backend, sql: &str) -> SimpleQueryOutput {
 
 /// Runs `sql` and returns its single value.
 pub fn scalar(backend: &mut Backend, sql: &str) -> String {
-    query(backend, sql).scalar().unwrap_or_else(|| panic!("{sql}: no value")).to_owned()
+    query(backend, sql)
+        .scalar()
+        .unwrap_or_else(|| panic!("{sql}: no value"))
+        .to_owned()
 }
 
 /// The message types of a backend reply, in order (`T`, `D`, `C`, `Z`, ...).

@@ -11,9 +11,11 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "exit", |code: i32| -> wasmtime::Result<()> {
         Err(wasmtime::Error::new(ProcessExit(code)))
     })?;
-    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(ProcessExit(code)))
-    })?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |code: i32| -> wasmtime::Result<()> { Err(wasmtime::Error::new(ProcessExit(code))) },
+    )?;
     linker.func_wrap("env", "_emscripten_throw_longjmp", || -> wasmtime::Result<()> {
         Err(wasmtime::Error::new(Longjmp))
     })?;
@@ -23,10 +25,20 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "__assert_fail",
-        |mut caller: Caller<'_, HostState>, cond: i32, file: i32, line: i32, func: i32| -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, HostState>,
+         cond: i32,
+         file: i32,
+         line: i32,
+         func: i32|
+         -> wasmtime::Result<()> {
             let text = with_memory(&mut caller, |mem, _| {
                 let s = |p| String::from_utf8_lossy(guest::cstr(mem, p).unwrap_or(b"?")).into_owned();
-                format!("assertion `{}` failed at {}:{line} in {}", s(cond), s(file), s(func))
+                format!(
+                    "assertion `{}` failed at {}:{line} in {}",
+                    s(cond),
+                    s(file),
+                    s(func)
+                )
             });
             wasmtime::bail!("PostgreSQL {text}")
         },

@@ -27,10 +27,10 @@ pub(crate) fn linker(engine: &Engine, module: &wasmtime::Module) -> wasmtime::Re
     wasi::define(&mut linker)?;
     // setjmp/longjmp trampolines, one per signature the module imports.
     for import in module.imports() {
-        if let Some(ty) = sjlj::invoke_type(engine, import.name()) {
-            if import.module() == "env" {
-                linker.func_new("env", import.name(), ty, sjlj::invoke)?;
-            }
+        if let Some(ty) = sjlj::invoke_type(engine, import.name())
+            && import.module() == "env"
+        {
+            linker.func_new("env", import.name(), ty, sjlj::invoke)?;
         }
     }
     Ok(linker)

@@ -29,9 +29,22 @@ const ENOTSOCK: Errno = Errno(57);
 pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "getaddrinfo", getaddrinfo)?;
     linker.func_wrap("env", "getnameinfo", getnameinfo)?;
-    linker.func_wrap("env", "__syscall_socket", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -i32::from(EAFNOSUPPORT.0))?;
-    for name in ["__syscall_accept4", "__syscall_bind", "__syscall_connect", "__syscall_listen", "__syscall_recvfrom", "__syscall_sendto"] {
-        linker.func_wrap("env", name, |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -i32::from(ENOTSOCK.0))?;
+    linker.func_wrap(
+        "env",
+        "__syscall_socket",
+        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -i32::from(EAFNOSUPPORT.0),
+    )?;
+    for name in [
+        "__syscall_accept4",
+        "__syscall_bind",
+        "__syscall_connect",
+        "__syscall_listen",
+        "__syscall_recvfrom",
+        "__syscall_sendto",
+    ] {
+        linker.func_wrap("env", name, |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
+            -i32::from(ENOTSOCK.0)
+        })?;
     }
     Ok(())
 }
@@ -44,19 +57,35 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, res: i32) -> w
                 *slot = guest::read_i32(mem, hints + 4 * i as i32).map_err(|_| EAI_NONAME)?;
             }
         }
-        let node = if node == 0 { None } else { Some(guest::cstr(mem, node).map_err(|_| EAI_NONAME)?) };
-        let service = if service == 0 { None } else { Some(guest::cstr(mem, service).map_err(|_| EAI_NONAME)?) };
+        let node = if node == 0 {
+            None
+        } else {
+            Some(guest::cstr(mem, node).map_err(|_| EAI_NONAME)?)
+        };
+        let service = if service == 0 {
+            None
+        } else {
+            Some(guest::cstr(mem, service).map_err(|_| EAI_NONAME)?)
+        };
         if node.is_none() && service.is_none() {
             return Err(EAI_NONAME);
         }
         let port = match service {
             None => 0,
-            Some(s) => std::str::from_utf8(s).ok().and_then(|s| s.parse::<u16>().ok()).ok_or(EAI_SERVICE)?,
+            Some(s) => std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .ok_or(EAI_SERVICE)?,
         };
         let addr = match node {
             None => None,
             Some(b"localhost") => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            Some(n) => Some(std::str::from_utf8(n).ok().and_then(|s| s.parse::<IpAddr>().ok()).ok_or(EAI_NONAME)?),
+            Some(n) => Some(
+                std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .ok_or(EAI_NONAME)?,
+            ),
         };
         Ok((addr, port, h))
     });
@@ -65,7 +94,11 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, res: i32) -> w
         Err(code) => return Ok(code),
     };
     let addr = addr.unwrap_or(if flags & AI_PASSIVE != 0 {
-        if family == AF_INET6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) }
+        if family == AF_INET6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
     } else if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::LOCALHOST)
     } else {
@@ -77,7 +110,13 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, res: i32) -> w
         _ => return Ok(EAI_FAMILY),
     }
     let socktype = if socktype == 0 { 1 } else { socktype };
-    let protocol = if protocol != 0 { protocol } else if socktype == 2 { 17 } else { 6 };
+    let protocol = if protocol != 0 {
+        protocol
+    } else if socktype == 2 {
+        17
+    } else {
+        6
+    };
     let sockaddr = sockaddr_bytes(addr, port);
 
     let malloc = c.data().exports().malloc.clone();
@@ -88,7 +127,10 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, res: i32) -> w
     let sa = ai + 32;
     let written = with_memory(&mut c, |mem, _| -> Result<(), Errno> {
         let family = if addr.is_ipv4() { AF_INET } else { AF_INET6 };
-        for (i, v) in [0, family, socktype, protocol, sockaddr.len() as i32, sa, 0, 0].into_iter().enumerate() {
+        for (i, v) in [0, family, socktype, protocol, sockaddr.len() as i32, sa, 0, 0]
+            .into_iter()
+            .enumerate()
+        {
             guest::write_i32(mem, ai + 4 * i as i32, v)?;
         }
         guest::write_bytes(mem, sa, &sockaddr)?;
@@ -118,18 +160,29 @@ fn sockaddr_bytes(addr: IpAddr, port: u16) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn getnameinfo(mut c: C<'_>, sa: i32, salen: i32, host: i32, hostlen: i32, serv: i32, servlen: i32, flags: i32) -> i32 {
+fn getnameinfo(
+    mut c: C<'_>,
+    sa: i32,
+    salen: i32,
+    host: i32,
+    hostlen: i32,
+    serv: i32,
+    servlen: i32,
+    flags: i32,
+) -> i32 {
     with_memory(&mut c, |mem, _| {
-        let Ok(bytes) = guest::slice(mem, sa, salen.max(0) as usize) else { return EAI_FAMILY };
+        let Ok(bytes) = guest::slice(mem, sa, salen.max(0) as usize) else {
+            return EAI_FAMILY;
+        };
         if bytes.len() < 4 {
             return EAI_FAMILY;
         }
         let port = u16::from_be_bytes([bytes[2], bytes[3]]);
         let addr = match i32::from(u16::from_le_bytes([bytes[0], bytes[1]])) {
             AF_INET if bytes.len() >= 8 => IpAddr::V4(Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7])),
-            AF_INET6 if bytes.len() >= 24 => {
-                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[8..24]).expect("16 bytes")))
-            }
+            AF_INET6 if bytes.len() >= 24 => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&bytes[8..24]).expect("16 bytes"),
+            )),
             _ => return EAI_FAMILY,
         };
         let _ = flags & NI_NUMERICHOST; // names are always numeric: there is no resolver

@@ -21,19 +21,29 @@ const MAP_SHARED: i32 = 1;
 pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // --- time ---
     linker.func_wrap("env", "emscripten_date_now", || -> f64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
     })?;
-    linker.func_wrap("env", "emscripten_get_now", |c: C<'_>| -> f64 { c.data().epoch.elapsed().as_secs_f64() * 1000.0 })?;
-    linker.func_wrap("env", "_tzset_js", |mut c: C<'_>, timezone: i32, daylight: i32, std_name: i32, dst_name: i32| {
-        // The environment sets TZ=UTC; Postgres keeps its own zone database for everything else.
-        with_memory(&mut c, |mem, _| -> Result<(), Errno> {
-            guest::write_i32(mem, timezone, 0)?;
-            guest::write_i32(mem, daylight, 0)?;
-            guest::write_bytes(mem, std_name, b"UTC\0")?;
-            guest::write_bytes(mem, dst_name, b"UTC\0")
-        })
-        .map_err(|e| wasmtime::format_err!("_tzset_js: bad pointer ({e})"))
+    linker.func_wrap("env", "emscripten_get_now", |c: C<'_>| -> f64 {
+        c.data().epoch.elapsed().as_secs_f64() * 1000.0
     })?;
+    linker.func_wrap(
+        "env",
+        "_tzset_js",
+        |mut c: C<'_>, timezone: i32, daylight: i32, std_name: i32, dst_name: i32| {
+            // The environment sets TZ=UTC; Postgres keeps its own zone database for everything else.
+            with_memory(&mut c, |mem, _| -> Result<(), Errno> {
+                guest::write_i32(mem, timezone, 0)?;
+                guest::write_i32(mem, daylight, 0)?;
+                guest::write_bytes(mem, std_name, b"UTC\0")?;
+                guest::write_bytes(mem, dst_name, b"UTC\0")
+            })
+            .map_err(|e| wasmtime::format_err!("_tzset_js: bad pointer ({e})"))
+        },
+    )?;
     for name in ["_localtime_js", "_gmtime_js"] {
         linker.func_wrap("env", name, |mut c: C<'_>, time: i64, tm: i32| -> i32 {
             with_memory(&mut c, |mem, _| match write_tm(mem, tm, time) {
@@ -42,43 +52,61 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })
         })?;
     }
-    linker.func_wrap("env", "_setitimer_js", |mut c: C<'_>, which: i32, ms: f64| -> i32 {
-        let Some(slot) = c.data_mut().timers.get_mut(which as usize) else { return -i32::from(Errno::EINVAL.0) };
-        // Timers are recorded, not fired: like the official build, a running statement is not
-        // interrupted by statement_timeout.
-        *slot = (ms > 0.0).then(|| Instant::now() + Duration::from_secs_f64(ms / 1000.0));
-        0
-    })?;
+    linker.func_wrap(
+        "env",
+        "_setitimer_js",
+        |mut c: C<'_>, which: i32, ms: f64| -> i32 {
+            let Some(slot) = c.data_mut().timers.get_mut(which as usize) else {
+                return -i32::from(Errno::EINVAL.0);
+            };
+            // Timers are recorded, not fired: like the official build, a running statement is not
+            // interrupted by statement_timeout.
+            *slot = (ms > 0.0).then(|| Instant::now() + Duration::from_secs_f64(ms / 1000.0));
+            0
+        },
+    )?;
 
     // --- memory ---
-    linker.func_wrap("env", "emscripten_get_heap_max", || -> i32 { HEAP_MAX as u32 as i32 })?;
-    linker.func_wrap("env", "emscripten_resize_heap", |mut c: C<'_>, requested: i32| -> wasmtime::Result<i32> {
-        let memory = c.data().exports().memory;
-        let old = memory.data_size(&c) as u64;
-        let requested = u64::from(requested as u32);
-        if requested > HEAP_MAX {
-            return Ok(0);
-        }
-        // The official glue's policy: over-allocate by 20% (capped at +96 MiB), then 10%, then 5%.
-        for factor in [1.2f64, 1.1, 1.05] {
-            let over = ((old as f64 * factor) as u64).min(requested + 96 * 1024 * 1024);
-            let target = over.max(requested).div_ceil(WASM_PAGE) * WASM_PAGE;
-            let target = target.min(HEAP_MAX);
-            if target <= old {
-                return Ok(1);
-            }
-            if memory.grow(&mut c, (target - old) / WASM_PAGE).is_ok() {
-                return Ok(1);
-            }
-        }
-        Ok(0)
+    linker.func_wrap("env", "emscripten_get_heap_max", || -> i32 {
+        HEAP_MAX as u32 as i32
     })?;
     linker.func_wrap(
         "env",
-        "_mmap_js",
-        |mut c: C<'_>, len: i32, _prot: i32, _flags: i32, fd: i32, offset: i64, allocated: i32, addr: i32| -> wasmtime::Result<i32> {
-            mmap(&mut c, len, fd, offset, allocated, addr)
+        "emscripten_resize_heap",
+        |mut c: C<'_>, requested: i32| -> wasmtime::Result<i32> {
+            let memory = c.data().exports().memory;
+            let old = memory.data_size(&c) as u64;
+            let requested = u64::from(requested as u32);
+            if requested > HEAP_MAX {
+                return Ok(0);
+            }
+            // The official glue's policy: over-allocate by 20% (capped at +96 MiB), then 10%, then 5%.
+            for factor in [1.2f64, 1.1, 1.05] {
+                let over = ((old as f64 * factor) as u64).min(requested + 96 * 1024 * 1024);
+                let target = over.max(requested).div_ceil(WASM_PAGE) * WASM_PAGE;
+                let target = target.min(HEAP_MAX);
+                if target <= old {
+                    return Ok(1);
+                }
+                if memory.grow(&mut c, (target - old) / WASM_PAGE).is_ok() {
+                    return Ok(1);
+                }
+            }
+            Ok(0)
         },
+    )?;
+    linker.func_wrap(
+        "env",
+        "_mmap_js",
+        |mut c: C<'_>,
+         len: i32,
+         _prot: i32,
+         _flags: i32,
+         fd: i32,
+         offset: i64,
+         allocated: i32,
+         addr: i32|
+         -> wasmtime::Result<i32> { mmap(&mut c, len, fd, offset, allocated, addr) },
     )?;
     linker.func_wrap(
         "env",
@@ -88,7 +116,8 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 // A shared writable mapping is written back to its file (msync).
                 if prot & PROT_WRITE != 0 && flags & MAP_SHARED != 0 && fd >= 0 {
                     let bytes = guest::slice(mem, addr, len as u32 as usize)?;
-                    st.vfs.pwrite(fd, bytes, u64::try_from(offset).map_err(|_| Errno::EINVAL)?)?;
+                    st.vfs
+                        .pwrite(fd, bytes, u64::try_from(offset).map_err(|_| Errno::EINVAL)?)?;
                 }
                 Ok(0)
             })
@@ -97,15 +126,28 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
     // --- identity: one user, root as far as the VFS is concerned (Postgres itself uses a
     // compiled-in uid through pgl_getuid) ---
-    for name in ["__syscall_getuid32", "__syscall_geteuid32", "__syscall_getgid32", "__syscall_getegid32"] {
+    for name in [
+        "__syscall_getuid32",
+        "__syscall_geteuid32",
+        "__syscall_getgid32",
+        "__syscall_getegid32",
+    ] {
         linker.func_wrap("env", name, || -> i32 { 0 })?;
     }
 
     // --- dynamic linking ---
-    linker.func_wrap("env", "_dlopen_js", |mut c: C<'_>, handle: i32| -> wasmtime::Result<i32> { dylink::dlopen(&mut c, handle) })?;
-    linker.func_wrap("env", "_dlsym_js", |mut c: C<'_>, handle: i32, symbol: i32, index: i32| -> wasmtime::Result<i32> {
-        dylink::dlsym(&mut c, handle, symbol, index)
-    })?;
+    linker.func_wrap(
+        "env",
+        "_dlopen_js",
+        |mut c: C<'_>, handle: i32| -> wasmtime::Result<i32> { dylink::dlopen(&mut c, handle) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "_dlsym_js",
+        |mut c: C<'_>, handle: i32, symbol: i32, index: i32| -> wasmtime::Result<i32> {
+            dylink::dlsym(&mut c, handle, symbol, index)
+        },
+    )?;
     Ok(())
 }
 
@@ -117,7 +159,9 @@ fn mmap(c: &mut C<'_>, len: i32, fd: i32, offset: i64, allocated: i32, addr: i32
         Ok(_) => return Ok(-i32::from(Errno::ENODEV.0)),
         Err(e) => return Ok(-i32::from(e.0)),
     }
-    let Ok(offset) = u64::try_from(offset) else { return Ok(-i32::from(Errno::EINVAL.0)) };
+    let Ok(offset) = u64::try_from(offset) else {
+        return Ok(-i32::from(Errno::EINVAL.0));
+    };
     let size = u64::from(len as u32).div_ceil(WASM_PAGE) * WASM_PAGE;
     let memalign = c.data().exports().memalign.clone();
     let ptr = memalign.call(&mut *c, (WASM_PAGE as i32, size as i32))?;
@@ -130,7 +174,9 @@ fn mmap(c: &mut C<'_>, len: i32, fd: i32, offset: i64, allocated: i32, addr: i32
         let mut done = 0usize;
         let wanted = len as u32 as usize;
         while done < wanted {
-            let n = st.vfs.pread(fd, &mut region[done..wanted], offset + done as u64)?;
+            let n = st
+                .vfs
+                .pread(fd, &mut region[done..wanted], offset + done as u64)?;
             if n == 0 {
                 break;
             }

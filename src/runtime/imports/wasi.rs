@@ -14,13 +14,17 @@ type C<'a> = Caller<'a, HostState>;
 const WASI: &str = "wasi_snapshot_preview1";
 
 pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(WASI, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let total: usize = st.environ.iter().map(|kv| kv.len() + 1).sum();
-            guest::write_u32(mem, count, st.environ.len() as u32)?;
-            guest::write_u32(mem, size, total as u32)
-        })
-    })?;
+    linker.func_wrap(
+        WASI,
+        "environ_sizes_get",
+        |mut c: C<'_>, count: i32, size: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let total: usize = st.environ.iter().map(|kv| kv.len() + 1).sum();
+                guest::write_u32(mem, count, st.environ.len() as u32)?;
+                guest::write_u32(mem, size, total as u32)
+            })
+        },
+    )?;
     linker.func_wrap(WASI, "environ_get", |mut c: C<'_>, environ: i32, buf: i32| {
         wasi_call(&mut c, |mem, st| {
             let mut at = buf;
@@ -33,24 +37,35 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(())
         })
     })?;
-    linker.func_wrap(WASI, "clock_time_get", |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let nanos = match id {
-                0 => SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
-                1..=3 => st.epoch.elapsed().as_nanos() as u64,
-                _ => return Err(Errno::EINVAL),
-            };
-            guest::write_u64(mem, out, nanos)
-        })
-    })?;
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let nanos = match id {
+                    0 => SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos() as u64,
+                    1..=3 => st.epoch.elapsed().as_nanos() as u64,
+                    _ => return Err(Errno::EINVAL),
+                };
+                guest::write_u64(mem, out, nanos)
+            })
+        },
+    )?;
     linker.func_wrap(WASI, "random_get", |mut c: C<'_>, buf: i32, len: i32| {
         wasi_call(&mut c, |mem, _| {
             let out = guest::slice_mut(mem, buf, len as u32 as usize)?;
             getrandom::fill(out).map_err(|_| Errno::EIO)
         })
     })?;
-    linker.func_wrap(WASI, "fd_close", |mut c: C<'_>, fd: i32| wasi_call(&mut c, |_, st| st.vfs.close(fd)))?;
-    linker.func_wrap(WASI, "fd_sync", |mut c: C<'_>, fd: i32| wasi_call(&mut c, |_, st| st.vfs.fsync(fd)))?;
+    linker.func_wrap(WASI, "fd_close", |mut c: C<'_>, fd: i32| {
+        wasi_call(&mut c, |_, st| st.vfs.close(fd))
+    })?;
+    linker.func_wrap(WASI, "fd_sync", |mut c: C<'_>, fd: i32| {
+        wasi_call(&mut c, |_, st| st.vfs.fsync(fd))
+    })?;
     linker.func_wrap(WASI, "fd_fdstat_get", |mut c: C<'_>, fd: i32, buf: i32| {
         wasi_call(&mut c, |mem, st| {
             let kind = st.vfs.file_kind(fd)?;
@@ -59,67 +74,89 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             guest::write_bytes(mem, buf, &stat)
         })
     })?;
-    linker.func_wrap(WASI, "fd_seek", |mut c: C<'_>, fd: i32, offset: i64, whence: i32, out: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let pos = st.vfs.seek(fd, offset, u8::try_from(whence).map_err(|_| Errno::EINVAL)?)?;
-            guest::write_u64(mem, out, pos)
-        })
-    })?;
-    linker.func_wrap(WASI, "fd_read", |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nread: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let mut total = 0usize;
-            for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                let n = st.vfs.read(fd, guest::slice_mut(mem, ptr, len)?)?;
-                total += n;
-                if n < len {
-                    break;
+    linker.func_wrap(
+        WASI,
+        "fd_seek",
+        |mut c: C<'_>, fd: i32, offset: i64, whence: i32, out: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let pos = st
+                    .vfs
+                    .seek(fd, offset, u8::try_from(whence).map_err(|_| Errno::EINVAL)?)?;
+                guest::write_u64(mem, out, pos)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_read",
+        |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nread: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let mut total = 0usize;
+                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
+                    let n = st.vfs.read(fd, guest::slice_mut(mem, ptr, len)?)?;
+                    total += n;
+                    if n < len {
+                        break;
+                    }
                 }
-            }
-            guest::write_u32(mem, nread, total as u32)
-        })
-    })?;
-    linker.func_wrap(WASI, "fd_write", |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nwritten: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let mut total = 0usize;
-            for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                let n = st.vfs.write(fd, guest::slice(mem, ptr, len)?)?;
-                total += n;
-                if n < len {
-                    break;
+                guest::write_u32(mem, nread, total as u32)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nwritten: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let mut total = 0usize;
+                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
+                    let n = st.vfs.write(fd, guest::slice(mem, ptr, len)?)?;
+                    total += n;
+                    if n < len {
+                        break;
+                    }
                 }
-            }
-            guest::write_u32(mem, nwritten, total as u32)
-        })
-    })?;
-    linker.func_wrap(WASI, "fd_pread", |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nread: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            let mut total = 0usize;
-            for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                let n = st.vfs.pread(fd, guest::slice_mut(mem, ptr, len)?, at)?;
-                total += n;
-                at += n as u64;
-                if n < len {
-                    break;
+                guest::write_u32(mem, nwritten, total as u32)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_pread",
+        |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nread: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                let mut total = 0usize;
+                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
+                    let n = st.vfs.pread(fd, guest::slice_mut(mem, ptr, len)?, at)?;
+                    total += n;
+                    at += n as u64;
+                    if n < len {
+                        break;
+                    }
                 }
-            }
-            guest::write_u32(mem, nread, total as u32)
-        })
-    })?;
-    linker.func_wrap(WASI, "fd_pwrite", |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nwritten: i32| {
-        wasi_call(&mut c, |mem, st| {
-            let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            let mut total = 0usize;
-            for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                let n = st.vfs.pwrite(fd, guest::slice(mem, ptr, len)?, at)?;
-                total += n;
-                at += n as u64;
-                if n < len {
-                    break;
+                guest::write_u32(mem, nread, total as u32)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_pwrite",
+        |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nwritten: i32| {
+            wasi_call(&mut c, |mem, st| {
+                let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                let mut total = 0usize;
+                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
+                    let n = st.vfs.pwrite(fd, guest::slice(mem, ptr, len)?, at)?;
+                    total += n;
+                    at += n as u64;
+                    if n < len {
+                        break;
+                    }
                 }
-            }
-            guest::write_u32(mem, nwritten, total as u32)
-        })
-    })?;
+                guest::write_u32(mem, nwritten, total as u32)
+            })
+        },
+    )?;
     Ok(())
 }

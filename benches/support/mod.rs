@@ -1,0 +1,2 @@
+//! Code shared by the benchmarks.
+pub mod native;
