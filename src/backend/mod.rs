@@ -15,6 +15,7 @@
 //! ```
 
 mod datadir;
+mod handoff;
 mod log;
 mod protocol;
 mod simple;
@@ -252,7 +253,7 @@ fn validate_setting(name: &str, value: &str) -> Result<(), BackendError> {
 /// session). It is a single session: [`exec`](Backend::exec) is serial, and the TCP server of this
 /// crate is what shares one backend among many clients.
 pub struct Backend {
-    commands: mpsc::Sender<Command>,
+    commands: handoff::Caller<Command, Reply>,
     thread: Option<JoinHandle<()>>,
     data_dir: DataDir,
     dead: Option<String>,
@@ -268,14 +269,24 @@ impl std::fmt::Debug for Backend {
     }
 }
 
+/// What the handle asks of the backend thread.
 enum Command {
-    Exec(Vec<u8>, mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>),
-    Startup(Vec<u8>, mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>),
-    InTransaction(mpsc::SyncSender<Result<bool, CallError>>),
-    MemorySize(mpsc::SyncSender<usize>),
+    Exec(Vec<u8>),
+    Startup(Vec<u8>),
+    InTransaction,
+    MemorySize,
     SetBlob(Vec<u8>),
-    TakeBlob(mpsc::SyncSender<Vec<u8>>),
-    Close(mpsc::SyncSender<Result<(), CallError>>),
+    TakeBlob,
+    Close,
+}
+
+/// The backend thread's answers, one per command.
+enum Reply {
+    Output(Vec<u8>, Result<(), CallError>),
+    InTransaction(Result<bool, CallError>),
+    MemorySize(usize),
+    Blob(Vec<u8>),
+    Done(Result<(), CallError>),
 }
 
 impl Backend {
@@ -326,7 +337,7 @@ impl Backend {
             vfs.set_output_sink(fd, Arc::new(move |bytes: &[u8]| log.write(bytes)));
         }
 
-        let (commands, receiver) = mpsc::channel();
+        let (commands, receiver) = handoff::pair();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("pglite-backend".into())
@@ -341,6 +352,7 @@ impl Backend {
                         return;
                     }
                 };
+                receiver.register();
                 let _ = ready_tx.send(Ok(()));
                 serve(&mut instance, receiver, &log);
                 drop(instance);
@@ -401,7 +413,7 @@ impl Backend {
             return match protocol::startup_packet(messages)? {
                 StartupPacket::SslRequest | StartupPacket::GssEncRequest => Ok(b"N".to_vec()),
                 StartupPacket::CancelRequest => Ok(Vec::new()),
-                StartupPacket::Startup => self.round_trip(|reply| Command::Startup(messages.to_vec(), reply)),
+                StartupPacket::Startup => self.round_trip(Command::Startup(messages.to_vec())),
             };
         }
         let frames = protocol::frames(messages)?;
@@ -412,27 +424,18 @@ impl Backend {
         if end == 0 {
             return Ok(Vec::new());
         }
-        self.round_trip(|reply| Command::Exec(messages[..end].to_vec(), reply))
+        self.round_trip(Command::Exec(messages[..end].to_vec()))
     }
 
-    fn round_trip(
-        &mut self,
-        command: impl FnOnce(mpsc::SyncSender<(Vec<u8>, Result<(), CallError>)>) -> Command,
-    ) -> Result<Vec<u8>, BackendError> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        let reply = self
-            .commands
-            .send(command(reply_tx))
-            .ok()
-            .and_then(|()| reply_rx.recv().ok());
-        match reply {
-            Some((output, Ok(()))) => Ok(output),
-            Some((output, Err(e))) => {
+    fn round_trip(&mut self, command: Command) -> Result<Vec<u8>, BackendError> {
+        match self.commands.call(command) {
+            Some(Reply::Output(output, Ok(()))) => Ok(output),
+            Some(Reply::Output(output, Err(e))) => {
                 let reason = fatal_reason(&output).unwrap_or_else(|| e.to_string());
                 self.dead = Some(reason.clone());
                 Err(BackendError::Fatal { reason, output })
             }
-            None => {
+            _ => {
                 let reason = "the backend thread is gone".to_owned();
                 self.dead = Some(reason.clone());
                 Err(BackendError::Dead { reason })
@@ -465,17 +468,15 @@ impl Backend {
                 reason: reason.clone(),
             });
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        let _ = self.commands.send(Command::InTransaction(tx));
-        match rx.recv() {
-            Ok(Ok(open)) => Ok(open),
-            Ok(Err(e)) => {
+        match self.commands.call(Command::InTransaction) {
+            Some(Reply::InTransaction(Ok(open))) => Ok(open),
+            Some(Reply::InTransaction(Err(e))) => {
                 self.dead = Some(e.to_string());
                 Err(BackendError::Dead {
                     reason: e.to_string(),
                 })
             }
-            Err(_) => Err(BackendError::Dead {
+            _ => Err(BackendError::Dead {
                 reason: "the backend thread is gone".into(),
             }),
         }
@@ -498,9 +499,10 @@ impl Backend {
 
     /// Size of the backend's linear memory in bytes.
     pub fn memory_size(&self) -> usize {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let _ = self.commands.send(Command::MemorySize(tx));
-        rx.recv().unwrap_or(0)
+        match self.commands.call(Command::MemorySize) {
+            Some(Reply::MemorySize(size)) => size,
+            _ => 0,
+        }
     }
 
     /// Sets the bytes `COPY ... FROM '/dev/blob'` reads, like the `blob` option of PGlite's
@@ -514,7 +516,7 @@ impl Backend {
     /// # Ok::<(), pglite_harness::BackendError>(())
     /// ```
     pub fn set_copy_blob(&mut self, data: Vec<u8>) {
-        let _ = self.commands.send(Command::SetBlob(data));
+        let _ = self.commands.call(Command::SetBlob(data));
     }
 
     /// Takes what `COPY ... TO '/dev/blob'` wrote since the last call.
@@ -526,9 +528,10 @@ impl Backend {
     /// # Ok::<(), pglite_harness::BackendError>(())
     /// ```
     pub fn take_copy_blob(&mut self) -> Vec<u8> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let _ = self.commands.send(Command::TakeBlob(tx));
-        rx.recv().unwrap_or_default()
+        match self.commands.call(Command::TakeBlob) {
+            Some(Reply::Blob(data)) => data,
+            _ => Vec::new(),
+        }
     }
 
     /// Shuts down cleanly: a shutdown checkpoint, so that a data directory reopens without
@@ -541,10 +544,9 @@ impl Backend {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        let (tx, rx) = mpsc::sync_channel(1);
-        let result = match self.commands.send(Command::Close(tx)) {
-            Ok(()) => rx.recv().unwrap_or(Ok(())),
-            Err(_) => Ok(()),
+        let result = match self.commands.call(Command::Close) {
+            Some(Reply::Done(result)) => result,
+            _ => Ok(()),
         };
         let _ = thread.join();
         match (result, &self.dead) {
@@ -564,43 +566,40 @@ impl Drop for Backend {
 }
 
 /// The worker loop: runs commands until `Close` or until the handle is dropped.
-fn serve(instance: &mut PgInstance, commands: mpsc::Receiver<Command>, log: &ServerLog) {
+fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, log: &ServerLog) {
     let mut dead = false;
-    for command in commands.iter() {
-        match command {
-            Command::Exec(bytes, reply) | Command::Startup(bytes, reply) if dead => {
-                let _ = bytes;
-                let _ = reply.send((Vec::new(), Err(CallError::Trap("dead".into()))));
+    while let Some(command) = commands.recv() {
+        let reply = match command {
+            Command::Exec(_) | Command::Startup(_) if dead => {
+                Reply::Output(Vec::new(), Err(CallError::Trap("the backend is dead".into())))
             }
-            Command::Exec(bytes, reply) => {
+            Command::Exec(bytes) => {
                 let (output, result) = instance.exec(&bytes);
-                dead |= result.is_err();
                 if let Err(e) = &result {
+                    dead = true;
                     tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
                 }
-                let _ = reply.send((output, result));
+                Reply::Output(output, result)
             }
-            Command::Startup(bytes, reply) => {
+            Command::Startup(bytes) => {
                 let (output, result) = instance.startup(&bytes);
                 dead |= result.is_err();
-                let _ = reply.send((output, result));
+                Reply::Output(output, result)
             }
-            Command::InTransaction(reply) => {
-                let _ = reply.send(instance.in_transaction_block());
+            Command::InTransaction => Reply::InTransaction(instance.in_transaction_block()),
+            Command::MemorySize => Reply::MemorySize(instance.memory_size()),
+            Command::SetBlob(data) => {
+                instance.vfs_mut().set_blob_input(data);
+                Reply::Done(Ok(()))
             }
-            Command::MemorySize(reply) => {
-                let _ = reply.send(instance.memory_size());
-            }
-            Command::SetBlob(data) => instance.vfs_mut().set_blob_input(data),
-            Command::TakeBlob(reply) => {
-                let _ = reply.send(instance.vfs_mut().take_blob_output());
-            }
-            Command::Close(reply) => {
+            Command::TakeBlob => Reply::Blob(instance.vfs_mut().take_blob_output()),
+            Command::Close => {
                 let result = if dead { Ok(()) } else { instance.shutdown() };
-                let _ = reply.send(result);
+                commands.reply(Reply::Done(result));
                 return;
             }
-        }
+        };
+        commands.reply(reply);
     }
     // The handle was dropped without Close (it always sends Close; this is a panic path).
     if !dead {
