@@ -228,3 +228,115 @@ fn current_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid module: `(func (export "f") (result i32) i32.const 7)`.
+    fn tiny_wasm() -> Vec<u8> {
+        use wasm_encoder::{
+            CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, TypeSection,
+            ValType,
+        };
+        let mut module = wasm_encoder::Module::new();
+        let mut types = TypeSection::new();
+        types.ty().function([], [ValType::I32]);
+        module.section(&types);
+        let mut funcs = FunctionSection::new();
+        funcs.function(0);
+        module.section(&funcs);
+        let mut exports = ExportSection::new();
+        exports.export("f", ExportKind::Func, 0);
+        module.section(&exports);
+        let mut code = CodeSection::new();
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::I32Const(7))
+            .instruction(&Instruction::End);
+        code.function(&body);
+        module.section(&code);
+        module.finish()
+    }
+
+    fn load(cache: &ModuleCache, engine: &Engine) -> ModuleSource {
+        let wasm = tiny_wasm();
+        let sha = hex(&Sha256::digest(&wasm));
+        let (module, source) = cache
+            .load_or_compile(engine, "tiny", &sha, || Ok(wasm.clone()))
+            .unwrap();
+        assert!(module.exports().any(|e| e.name() == "f"));
+        source
+    }
+
+    fn artifact(cache: &ModuleCache) -> PathBuf {
+        fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .expect("an artifact was written")
+    }
+
+    #[test]
+    fn a_miss_compiles_and_stores_then_later_loads_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::at(dir.path().join("cache")).unwrap();
+        let engine = Engine::default();
+        assert_eq!(load(&cache, &engine), ModuleSource::Compiled);
+        assert_eq!(load(&cache, &engine), ModuleSource::Disk);
+        let mode = fs::metadata(cache.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the cache directory is user-private");
+    }
+
+    #[test]
+    fn a_corrupt_artifact_is_rebuilt_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::at(dir.path()).unwrap();
+        let engine = Engine::default();
+        load(&cache, &engine);
+        let path = artifact(&cache);
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(load(&cache, &engine), ModuleSource::Compiled);
+        assert_eq!(
+            load(&cache, &engine),
+            ModuleSource::Disk,
+            "the rebuilt artifact is good"
+        );
+    }
+
+    #[test]
+    fn a_foreign_file_with_a_matching_checksum_is_rejected_by_wasmtime_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::at(dir.path()).unwrap();
+        let engine = Engine::default();
+        load(&cache, &engine);
+        let path = artifact(&cache);
+        let foreign = b"\x7fELF this is not a wasmtime artifact".to_vec();
+        fs::write(&path, &foreign).unwrap();
+        fs::write(sidecar(&path), hex(&Sha256::digest(&foreign))).unwrap();
+        assert_eq!(load(&cache, &engine), ModuleSource::Compiled);
+    }
+
+    #[test]
+    fn a_directory_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ModuleCache::at(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("group or others may write"), "{err}");
+    }
+
+    #[test]
+    fn keys_differ_between_engine_settings() {
+        let wasm_sha = "ab".repeat(32);
+        let mut config = wasmtime::Config::new();
+        config.cranelift_opt_level(wasmtime::OptLevel::None);
+        let other = Engine::new(&config).unwrap();
+        assert_ne!(
+            cache_key(&Engine::default(), &wasm_sha),
+            cache_key(&other, &wasm_sha)
+        );
+        assert!(cache_key(&other, &wasm_sha).contains("wasmtime48.0.8"));
+    }
+}

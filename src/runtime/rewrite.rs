@@ -118,3 +118,43 @@ pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     }
     Ok(out.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_import_becomes_an_exported_definition() {
+        let out = define_memory(crate::assets::PGLITE_WASM).unwrap();
+        let mut saw_export = false;
+        let mut imports = 0;
+        for payload in Parser::new(0).parse_all(&out) {
+            match payload.unwrap() {
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let import = import.unwrap();
+                        assert!(
+                            !matches!(import.ty, TypeRef::Memory(_)),
+                            "no memory import is left"
+                        );
+                        imports += 1;
+                    }
+                }
+                Payload::MemorySection(reader) => {
+                    let memories: Vec<_> = reader.into_iter().map(|m| m.unwrap()).collect();
+                    assert_eq!((memories[0].initial, memories[0].maximum), (2048, Some(32768)));
+                }
+                Payload::ExportSection(reader) => {
+                    saw_export = reader.into_iter().any(|e| {
+                        let e = e.unwrap();
+                        e.name == "memory" && e.kind == ExternalKind::Memory
+                    });
+                }
+                _ => {}
+            }
+        }
+        assert!(saw_export);
+        assert_eq!(imports, 135, "every function import is kept");
+        wasmparser::Validator::new().validate_all(&out).unwrap();
+    }
+}
