@@ -9,6 +9,7 @@
 //!   cached on disk so later processes load it in milliseconds.
 //! * `vfs`: the virtual filesystem behind the module's syscalls (in memory, or a host directory).
 //! * [`Backend`]: one PostgreSQL session, driven with wire-protocol bytes.
+//! * [`Server`]: the wire protocol on a local TCP port, many clients sharing one backend.
 //!
 //! ```no_run
 //! use pglite_harness::Backend;
@@ -27,6 +28,7 @@
 mod assets;
 mod backend;
 pub mod runtime;
+mod server;
 pub(crate) mod vfs;
 
 pub use assets::extension_bundle_names;
@@ -34,4 +36,5 @@ pub use backend::{
     Backend, BackendBuilder, BackendError, DataDir, LOCK_FILE, Notification, ProtocolError, ServerMessage,
     SimpleQueryOutput, StatementResult,
 };
+pub use server::{Server, ServerBuilder, ServerError};
 pub use vfs::Durability;

@@ -1,0 +1,275 @@
+//! One client connection: startup, then batches of messages run on the shared backend while the
+//! connection owns it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::ServerBuilder;
+use super::messages::{self, RenameEffect, error_response, put_message};
+use crate::backend::{Backend, BackendError};
+
+/// State shared by all connections of one server.
+pub(crate) struct Shared {
+    /// The backend; its lock is the FIFO queue of connections waiting for their turn.
+    pub backend: Arc<Mutex<Backend>>,
+    /// ParameterStatus messages sent to every client at startup.
+    pub parameter_statuses: Vec<u8>,
+    pub config: ServerBuilder,
+    pub next_id: AtomicU32,
+}
+
+/// Protocol codes of packets without a type byte.
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+const PROTOCOL_3_0: u32 = 196_608;
+/// Largest startup packet Postgres accepts.
+const MAX_STARTUP_PACKET: usize = 10_000;
+
+struct Connection {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    id: u32,
+    prefix: String,
+    input: BytesMut,
+    /// The backend, while this connection owns it.
+    owner: Option<OwnedMutexGuard<Backend>>,
+    /// Prepared statements this connection created (client names).
+    prepared: HashSet<Vec<u8>>,
+}
+
+pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let id = super::next_id(&shared.next_id);
+    let mut conn = Connection {
+        stream,
+        shared,
+        id,
+        prefix: format!("_c{id}_"),
+        input: BytesMut::with_capacity(8192),
+        owner: None,
+        prepared: HashSet::new(),
+    };
+    if let Ok(true) = conn.startup().await {
+        let _ = conn.run().await;
+    }
+    conn.clean_up().await;
+}
+
+impl Connection {
+    /// Handles the startup phase; `Ok(true)` when the client is ready for queries.
+    async fn startup(&mut self) -> std::io::Result<bool> {
+        loop {
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await?;
+            let len = u32::from_be_bytes(len) as usize;
+            if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+                self.fatal("08P01", "invalid length of startup packet").await;
+                return Ok(false);
+            }
+            let mut body = vec![0u8; len - 4];
+            self.stream.read_exact(&mut body).await?;
+            let code = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
+            match code {
+                // TLS and GSS encryption are not offered: the client continues in the clear.
+                SSL_REQUEST | GSSENC_REQUEST => self.stream.write_all(b"N").await?,
+                CANCEL_REQUEST => return Ok(false),
+                PROTOCOL_3_0 => return self.accept_startup(&body[4..]).await,
+                other => {
+                    let message = format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        other >> 16,
+                        other & 0xffff
+                    );
+                    self.fatal("0A000", &message).await;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    async fn accept_startup(&mut self, params: &[u8]) -> std::io::Result<bool> {
+        let mut fields = params
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned());
+        let (mut user, mut database) = (None, None);
+        while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+            if key.is_empty() {
+                break;
+            }
+            match key.as_str() {
+                "user" => user = Some(value),
+                "database" => database = Some(value),
+                _ => {}
+            }
+        }
+        let config = &self.shared.config;
+        let Some(user) = user else {
+            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+                .await;
+            return Ok(false);
+        };
+        let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+        if user != config.user {
+            let message = format!("role \"{user}\" does not exist");
+            self.fatal("28000", &message).await;
+            return Ok(false);
+        }
+        if database != config.database {
+            let message = format!("database \"{database}\" does not exist");
+            self.fatal("3D000", &message).await;
+            return Ok(false);
+        }
+        let mut out = BytesMut::new();
+        put_message(&mut out, b'R', &0u32.to_be_bytes()); // AuthenticationOk (trust)
+        out.extend_from_slice(&self.shared.parameter_statuses);
+        let mut key = [0u8; 8];
+        key[..4].copy_from_slice(&self.id.to_be_bytes());
+        getrandom::fill(&mut key[4..]).map_err(|e| std::io::Error::other(e.to_string()))?;
+        put_message(&mut out, b'K', &key);
+        put_message(&mut out, b'Z', b"I");
+        self.stream.write_all(&out).await?;
+        Ok(true)
+    }
+
+    /// The message loop, until the client leaves or the connection is ended.
+    async fn run(&mut self) -> std::io::Result<()> {
+        let mut batch = BytesMut::new();
+        loop {
+            let message = if self.owner.is_some() && batch.is_empty() {
+                let idle = self.shared.config.idle_in_transaction_timeout;
+                match tokio::time::timeout(idle, self.read_message()).await {
+                    Ok(m) => m?,
+                    Err(_) => {
+                        self.fatal(
+                            "25P03",
+                            "terminating connection due to idle-in-transaction timeout",
+                        )
+                        .await;
+                        return Ok(());
+                    }
+                }
+            } else {
+                self.read_message().await?
+            };
+            let Some((tag, body)) = message else {
+                return Ok(());
+            };
+            if tag == b'X' {
+                return Ok(());
+            }
+            match messages::rename(tag, &body, &self.prefix, &mut batch) {
+                Some(RenameEffect::Prepared(name)) => {
+                    self.prepared.insert(name);
+                }
+                Some(RenameEffect::Closed(name)) => {
+                    self.prepared.remove(&name);
+                }
+                Some(RenameEffect::None) => {}
+                None => {
+                    let text = format!("invalid {:?} message", tag as char);
+                    self.fatal("08P01", &text).await;
+                    return Ok(());
+                }
+            }
+            // Run at a point where the client waits for an answer.
+            if !matches!(tag, b'S' | b'Q' | b'H' | b'F') {
+                continue;
+            }
+            let reply = match self.exec(&batch).await {
+                Ok(reply) => reply,
+                Err(BackendError::Fatal { output, .. }) => {
+                    self.stream
+                        .write_all(&messages::unrename_reply(&output, &self.prefix))
+                        .await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.fatal("57P03", &format!("the database is unavailable: {e}"))
+                        .await;
+                    return Ok(());
+                }
+            };
+            batch.clear();
+            self.stream
+                .write_all(&messages::unrename_reply(&reply, &self.prefix))
+                .await?;
+            if messages::ready_status(&reply) == Some(b'I') {
+                self.owner = None; // the next connection in line may go
+            }
+        }
+    }
+
+    /// Runs `bytes` on the backend, waiting for this connection's turn first.
+    async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
+        if self.owner.is_none() {
+            self.owner = Some(self.shared.backend.clone().lock_owned().await);
+        }
+        let backend = self.owner.as_mut().expect("owned");
+        tokio::task::block_in_place(|| backend.exec(bytes))
+    }
+
+    /// Reads one message; `None` at EOF. A length beyond the limit ends the connection.
+    async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
+        loop {
+            if self.input.len() >= 5 {
+                let tag = self.input[0];
+                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
+                if len < 4 || len > self.shared.config.max_message_size {
+                    let text = format!("invalid message length {len} for message type {:?}", tag as char);
+                    self.fatal("08P01", &text).await;
+                    return Ok(None);
+                }
+                if self.input.len() > len {
+                    self.input.advance(5);
+                    let body = self.input.split_to(len - 4);
+                    return Ok(Some((tag, body)));
+                }
+                self.input.reserve(len + 1 - self.input.len());
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends a FATAL error to the client.
+    async fn fatal(&mut self, code: &str, message: &str) {
+        let _ = self
+            .stream
+            .write_all(&error_response("FATAL", code, message))
+            .await;
+    }
+
+    /// Leaves nothing behind for the next client: an open transaction is rolled back and the
+    /// connection's prepared statements are closed.
+    async fn clean_up(&mut self) {
+        let in_transaction = self.owner.is_some();
+        if !in_transaction && self.prepared.is_empty() {
+            return;
+        }
+        let mut cleanup = BytesMut::new();
+        if in_transaction {
+            let _ = postgres_protocol::message::frontend::query("ROLLBACK", &mut cleanup);
+        }
+        if !self.prepared.is_empty() {
+            for name in std::mem::take(&mut self.prepared) {
+                let mut body = vec![b'S'];
+                body.extend_from_slice(self.prefix.as_bytes());
+                body.extend_from_slice(&name);
+                body.push(0);
+                put_message(&mut cleanup, b'C', &body);
+            }
+            postgres_protocol::message::frontend::sync(&mut cleanup);
+        }
+        if let Err(e) = self.exec(&cleanup).await {
+            tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
+        }
+        self.owner = None;
+    }
+}

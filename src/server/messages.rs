@@ -1,0 +1,192 @@
+//! Wire-protocol pieces the server handles itself: framing, the per-connection renaming of
+//! prepared statements and portals, and the messages it writes on its own.
+
+use bytes::{BufMut, BytesMut};
+
+/// Reads a NUL-terminated string at `at`; returns it and the offset after its NUL.
+fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let len = body.get(at..)?.iter().position(|&b| b == 0)?;
+    Some((&body[at..at + len], at + len + 1))
+}
+
+/// Appends a message of type `tag` with `body`.
+pub(crate) fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(body);
+}
+
+/// A frontend message with its name fields renamed for one connection.
+///
+/// Statement and portal names live in the one shared session; each connection's names get the
+/// connection's prefix so that two clients may both prepare `s1`. The unnamed statement and
+/// portal stay unnamed (they are replaced by every Parse/Bind, which a connection always follows
+/// with Sync before another connection can run).
+pub(crate) fn rename(tag: u8, body: &[u8], prefix: &str, out: &mut BytesMut) -> Option<RenameEffect> {
+    let named = |name: &[u8]| -> Vec<u8> {
+        if name.is_empty() {
+            Vec::new()
+        } else {
+            [prefix.as_bytes(), name].concat()
+        }
+    };
+    let mut new_body = Vec::with_capacity(body.len() + 2 * prefix.len());
+    let effect = match tag {
+        b'P' => {
+            let (name, rest) = cstr(body, 0)?;
+            new_body.extend_from_slice(&named(name));
+            new_body.push(0);
+            new_body.extend_from_slice(&body[rest..]);
+            (!name.is_empty()).then(|| RenameEffect::Prepared(name.to_vec()))
+        }
+        b'B' => {
+            let (portal, at) = cstr(body, 0)?;
+            let (statement, rest) = cstr(body, at)?;
+            new_body.extend_from_slice(&named(portal));
+            new_body.push(0);
+            new_body.extend_from_slice(&named(statement));
+            new_body.push(0);
+            new_body.extend_from_slice(&body[rest..]);
+            None
+        }
+        b'D' | b'C' => {
+            let kind = *body.first()?;
+            let (name, _) = cstr(body, 1)?;
+            new_body.push(kind);
+            new_body.extend_from_slice(&named(name));
+            new_body.push(0);
+            (tag == b'C' && kind == b'S' && !name.is_empty()).then(|| RenameEffect::Closed(name.to_vec()))
+        }
+        b'E' => {
+            let (portal, rest) = cstr(body, 0)?;
+            new_body.extend_from_slice(&named(portal));
+            new_body.push(0);
+            new_body.extend_from_slice(&body[rest..]);
+            None
+        }
+        _ => {
+            new_body.extend_from_slice(body);
+            None
+        }
+    };
+    put_message(out, tag, &new_body);
+    Some(effect.unwrap_or(RenameEffect::None))
+}
+
+/// What a renamed message does to the connection's set of prepared statements.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RenameEffect {
+    None,
+    Prepared(Vec<u8>),
+    Closed(Vec<u8>),
+}
+
+/// Removes the connection's prefix from names quoted in error and notice texts.
+pub(crate) fn unrename_reply(reply: &[u8], prefix: &str) -> Vec<u8> {
+    let needle = format!("\"{prefix}");
+    if !reply.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        return reply.to_vec();
+    }
+    let mut out = BytesMut::with_capacity(reply.len());
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let tag = reply[at];
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(reply.len());
+        let body = &reply[at + 5..end];
+        if tag == b'E' || tag == b'N' {
+            let text = String::from_utf8_lossy(body).replace(&needle, "\"");
+            put_message(&mut out, tag, text.as_bytes());
+        } else {
+            out.put_slice(&reply[at..end]);
+        }
+        at = end;
+    }
+    out.to_vec()
+}
+
+/// The transaction status of the last ReadyForQuery in `reply`, if it has one.
+pub(crate) fn ready_status(reply: &[u8]) -> Option<u8> {
+    let mut at = 0;
+    let mut status = None;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        if reply[at] == b'Z' && len == 5 {
+            status = reply.get(at + 5).copied();
+        }
+        at += 1 + len;
+    }
+    status
+}
+
+/// An ErrorResponse with severity, SQLSTATE and message.
+pub(crate) fn error_response(severity: &str, code: &str, message: &str) -> BytesMut {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = BytesMut::new();
+    put_message(&mut out, b'E', &body);
+    out
+}
+
+/// Keeps the ParameterStatus messages of a startup reply (what the server tells every client).
+pub(crate) fn parameter_statuses(startup_reply: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= startup_reply.len() {
+        let len = u32::from_be_bytes(startup_reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(startup_reply.len());
+        if startup_reply[at] == b'S' {
+            out.extend_from_slice(&startup_reply[at..end]);
+        }
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::message::frontend;
+
+    #[test]
+    fn statement_and_portal_names_get_the_prefix() {
+        let mut msg = BytesMut::new();
+        frontend::parse("s1", "SELECT 1", [], &mut msg).unwrap();
+        let mut out = BytesMut::new();
+        let effect = rename(b'P', &msg[5..], "c7_", &mut out).unwrap();
+        assert_eq!(effect, RenameEffect::Prepared(b"s1".to_vec()));
+        assert!(out.windows(6).any(|w| w == b"c7_s1\0"));
+        assert_eq!(
+            u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+
+        let mut msg = BytesMut::new();
+        frontend::parse("", "SELECT 1", [], &mut msg).unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(rename(b'P', &msg[5..], "c7_", &mut out), Some(RenameEffect::None));
+        assert_eq!(&out[..], &msg[..], "the unnamed statement stays unnamed");
+    }
+
+    #[test]
+    fn errors_mentioning_a_renamed_statement_show_the_client_name() {
+        let reply = error_response("ERROR", "26000", "prepared statement \"c7_s1\" does not exist");
+        let back = unrename_reply(&reply, "c7_");
+        assert!(String::from_utf8_lossy(&back).contains("prepared statement \"s1\" does not exist"));
+        assert_eq!(
+            u32::from_be_bytes(back[1..5].try_into().unwrap()) as usize,
+            back.len() - 1
+        );
+    }
+
+    #[test]
+    fn ready_status_reads_the_last_ready_for_query() {
+        assert_eq!(ready_status(b"Z\0\0\0\x05TZ\0\0\0\x05I"), Some(b'I'));
+        assert_eq!(ready_status(b"C\0\0\0\x09SELECT\0"), None);
+    }
+}

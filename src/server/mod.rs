@@ -1,0 +1,265 @@
+//! A PostgreSQL wire-protocol server in front of one [`Backend`]: many clients, one session,
+//! correct results.
+//!
+//! PGlite is a single Postgres session. The server shares it the way a real server would look to
+//! clients whose transactions happen not to overlap:
+//! * a connection owns the backend from its first message until the backend is idle again
+//!   (ReadyForQuery `I`): a whole transaction, a whole extended-protocol batch up to Sync. Others
+//!   wait their turn in FIFO order; nothing interleaves inside a transaction;
+//! * prepared statement and portal names are per connection (renamed on the way in, and back in
+//!   error texts), so two clients may both prepare `s1`;
+//! * a client that disconnects has its open transaction rolled back and its prepared statements
+//!   closed; one that stays idle inside a transaction longer than the idle timeout is ended with
+//!   Postgres' own error (25P03) and rolled back;
+//! * malformed bytes are answered with a protocol-violation error on that connection only and
+//!   never reach the backend.
+//!
+//! Session settings changed with `SET`, temporary tables, `LISTEN` and advisory locks belong to
+//! the one shared session.
+//!
+//! ```no_run
+//! use pglite_harness::{Backend, Server};
+//!
+//! let server = Server::builder().start(Backend::builder().open()?)?;
+//! println!("connect to {}", server.url());          // postgresql://postgres@127.0.0.1:PORT/postgres
+//! server.shutdown()?;                               // clean shutdown of the backend
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod connection;
+mod messages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::backend::{Backend, BackendError};
+
+/// Errors of the server layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound (a port in use, an address not on this machine).
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server's runtime could not be started.
+    #[error("cannot start the server runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The backend refused the connection setup or failed at shutdown.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// How to run a [`Server`]; see [`Server::builder`].
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+    idle_in_transaction_timeout: Duration,
+    max_message_size: usize,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            user: "postgres".into(),
+            database: "postgres".into(),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            max_message_size: 1 << 30,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The address to listen on (default `127.0.0.1`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// The port (default 0: the OS picks a free one, see [`Server::port`]).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// How long a client may sit idle inside a transaction while others wait for the backend
+    /// (default 60 s). After it, the client's connection ends with error 25P03 and its
+    /// transaction is rolled back.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_in_transaction_timeout = timeout;
+        self
+    }
+
+    /// The largest message a client may send (default 1 GiB, as Postgres).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Serves `backend` on the configured address, from threads of the server's own.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().port(0).start(Backend::builder().open()?)?;
+    /// assert_ne!(server.port(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn start(self, mut backend: Backend) -> Result<Server, ServerError> {
+        // What every client is told at startup (server_version, encodings, DateStyle, ...).
+        let mut startup = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", self.user.as_str()), ("database", self.database.as_str())],
+            &mut startup,
+        )
+        .map_err(ServerError::Runtime)?;
+        let parameter_statuses = messages::parameter_statuses(&backend.exec(&startup)?);
+
+        let address = format!("{}:{}", self.host, self.port);
+        let listener = std::net::TcpListener::bind(&address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| ServerError::Bind {
+                address: address.clone(),
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { address, source })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pglite-server")
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?;
+
+        let shared = Arc::new(connection::Shared {
+            backend: Arc::new(tokio::sync::Mutex::new(backend)),
+            parameter_statuses,
+            config: self,
+            next_id: AtomicU32::new(1),
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let config = shared.config.clone();
+        // The server's runtime lives on a thread of its own, so the server can be started and
+        // stopped from any context: sync code, or inside another tokio runtime.
+        let thread = std::thread::Builder::new()
+            .name("pglite-server-main".into())
+            .spawn(move || -> Result<(), ServerError> {
+                let accept_shared = shared.clone();
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => return tracing::error!("cannot serve: {e}"),
+                    };
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => {
+                                    let _ = stream.set_nodelay(true);
+                                    tokio::spawn(connection::serve(stream, accept_shared.clone()));
+                                }
+                                Err(e) => tracing::warn!("accept failed: {e}"),
+                            },
+                            _ = stop_rx.changed() => break,
+                        }
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                let backend = Arc::try_unwrap(shared)
+                    .ok()
+                    .and_then(|shared| Arc::try_unwrap(shared.backend).ok())
+                    .map(|m| m.into_inner());
+                match backend {
+                    Some(backend) => Ok(backend.close()?),
+                    None => Ok(()),
+                }
+            })
+            .map_err(ServerError::Runtime)?;
+        Ok(Server {
+            local_addr,
+            config,
+            thread: Some(thread),
+            stop: stop_tx,
+        })
+    }
+}
+
+/// A running server. Dropping it stops it; [`Server::shutdown`] also reports the backend's
+/// shutdown result.
+pub struct Server {
+    local_addr: SocketAddr,
+    config: ServerBuilder,
+    thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder with the defaults: 127.0.0.1, a free port, user and database `postgres`.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// A connection URL that sqlx, tokio-postgres, psql and diesel accept.
+    pub fn url(&self) -> String {
+        let config = &self.config;
+        format!(
+            "postgresql://{}@{}/{}",
+            config.user, self.local_addr, config.database
+        )
+    }
+
+    /// Stops accepting, closes every connection, and shuts the backend down cleanly.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Runtime(std::io::Error::other(
+                "the server thread panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_all() {
+            tracing::warn!("PGlite server shutdown: {e}");
+        }
+    }
+}
+
+pub(crate) fn next_id(counter: &AtomicU32) -> u32 {
+    counter.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,239 @@
+//! The TCP server: real clients sharing one backend, correct results.
+
+use std::time::Duration;
+
+use pglite_harness::{Backend, Server, ServerError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
+
+fn start() -> Server {
+    Server::builder()
+        .start(Backend::builder().open().unwrap())
+        .unwrap()
+}
+
+async fn connect(server: &Server) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn a_client_connects_by_url_and_queries() {
+    let server = start();
+    assert!(server.url().starts_with("postgresql://postgres@127.0.0.1:"));
+    let client = connect(&server).await;
+    let row = client
+        .query_one("SELECT version(), current_user, current_database()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, String>(0).starts_with("PostgreSQL 18.6"));
+    assert_eq!(row.get::<_, String>(1), "postgres");
+    assert_eq!(row.get::<_, String>(2), "postgres");
+    let n: i32 = client
+        .query_one("SELECT $1::int4 * 2", &[&21i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    drop(client);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_clients_at_once_with_prepared_statements_get_their_own_results() {
+    let server = start();
+    connect(&server)
+        .await
+        .batch_execute("CREATE TABLE accounts(id int PRIMARY KEY, owner int, balance int)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for owner in 0..4 {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            // Every tokio-postgres client names its statements s0, s1, ...: they must not collide.
+            let insert = client
+                .prepare("INSERT INTO accounts VALUES ($1, $2, $3)")
+                .await
+                .unwrap();
+            let sum = client
+                .prepare("SELECT sum(balance)::int4, count(*)::int4 FROM accounts WHERE owner = $1")
+                .await
+                .unwrap();
+            for i in 0..25 {
+                let tx = client.transaction().await.unwrap();
+                tx.execute(&insert, &[&(owner * 1000 + i), &owner, &i])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+            let row = client.query_one(&sum, &[&owner]).await.unwrap();
+            (row.get::<_, i32>(0), row.get::<_, i32>(1))
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), ((0..25).sum(), 25));
+    }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_is_not_seen_by_others_before_commit() {
+    let server = start();
+    let mut writer = connect(&server).await;
+    let reader = connect(&server).await;
+    writer.batch_execute("CREATE TABLE t(x int)").await.unwrap();
+    let tx = writer.transaction().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+
+    // The reader waits for its turn: it never runs inside the writer's transaction.
+    let read = tokio::spawn(async move {
+        reader
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !read.is_finished(),
+        "the reader ran inside another connection's transaction"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(read.await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_dropped_mid_transaction_is_rolled_back() {
+    let server = start();
+    let setup = connect(&server).await;
+    setup.batch_execute("CREATE TABLE t(x int)").await.unwrap();
+    {
+        let (client, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        task.abort(); // the socket closes with the transaction open
+        drop(client);
+    }
+    let count: i64 = setup
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+    let status: i64 = setup
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        status, 1,
+        "only this query's own statement: the dropped client's are closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_transaction_is_ended_after_the_timeout_and_others_proceed() {
+    let server = Server::builder()
+        .idle_in_transaction_timeout(Duration::from_millis(300))
+        .start(Backend::builder().open().unwrap())
+        .unwrap();
+    let idle = connect(&server).await;
+    let other = connect(&server).await;
+    other.batch_execute("CREATE TABLE t(x int)").await.unwrap();
+    idle.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // Waits behind the idle transaction, then runs once it has been ended.
+    let count: i64 = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "the idle transaction was rolled back");
+    let err = idle.batch_execute("COMMIT").await.unwrap_err();
+    assert!(
+        err.is_closed() || err.code().is_some_and(|c| c.code() == "25P03"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_and_truncated_messages_do_not_disturb_other_clients() {
+    let server = start();
+    let good = connect(&server).await;
+
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message([("user", "postgres")], &mut startup).unwrap();
+    raw.write_all(&startup).await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let _ = raw.read(&mut reply).await.unwrap();
+    // A message claiming 2 GiB, then garbage.
+    raw.write_all(b"Q\x7f\xff\xff\xffgarbage").await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("08P01") && text.contains("invalid message length"),
+        "{text}"
+    );
+
+    // A truncated message, then the client vanishes.
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    raw.write_all(&startup).await.unwrap();
+    let _ = raw.read(&mut reply).await.unwrap();
+    raw.write_all(b"Q\x00\x00\x00\x20SELECT").await.unwrap();
+    drop(raw);
+
+    let n: i32 = good.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(n, 7);
+}
+
+#[tokio::test]
+async fn unknown_database_and_role_get_postgres_errors() {
+    let server = start();
+    let url = format!("postgresql://postgres@{}/nope", server.local_addr());
+    let err = tokio_postgres::connect(&url, NoTls).await.err().expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("3D000"), "{err}");
+    let url = format!("postgresql://nobody@{}/postgres", server.local_addr());
+    let err = tokio_postgres::connect(&url, NoTls).await.err().expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = Server::builder()
+        .port(port)
+        .start(Backend::builder().open().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ServerError::Bind { address, .. } if address.ends_with(&format!(":{port}"))),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn ssl_is_declined_and_the_client_continues_in_the_clear() {
+    let server = start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!("{}?sslmode=prefer", server.url());
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    });
+}
