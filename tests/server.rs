@@ -196,6 +196,66 @@ async fn garbage_and_truncated_messages_do_not_disturb_other_clients() {
     assert_eq!(n, 7);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_from_stdin_and_to_stdout_through_tokio_postgres() {
+    use futures_util::{SinkExt, TryStreamExt};
+    let server = start();
+    let client = connect(&server).await;
+    client
+        .batch_execute("CREATE TABLE t(a int, b text)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in 0..50 {
+        let rows: String = (0..100)
+            .map(|i| format!("{}\trow {}\n", chunk * 100 + i, i))
+            .collect();
+        sink.send(bytes::Bytes::from(rows)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    let out: Vec<bytes::Bytes> = client
+        .copy_out("COPY (SELECT * FROM t WHERE a < 3 ORDER BY a) TO STDOUT")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.concat(), b"0\trow 0\n1\trow 1\n2\trow 2\n");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_vanishes_mid_copy_leaves_nothing_behind() {
+    let server = start();
+    let client = connect(&server).await;
+    client.batch_execute("CREATE TABLE t(a int)").await.unwrap();
+    {
+        let (copier, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
+        let task = tokio::spawn(connection);
+        let sink = copier
+            .copy_in::<_, bytes::Bytes>("COPY t FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        use futures_util::SinkExt;
+        sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
+        sink.flush().await.unwrap();
+        task.abort();
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
+
 #[tokio::test]
 async fn unknown_database_and_role_get_postgres_errors() {
     let server = start();

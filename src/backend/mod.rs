@@ -31,7 +31,7 @@ pub use protocol::ProtocolError;
 pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
 
 use crate::assets;
-use crate::runtime::{BACKEND_THREAD_STACK, CallError, PgInstance, Runtime, RuntimeError};
+use crate::runtime::{BACKEND_THREAD_STACK, CallError, MoreInput, PgInstance, Runtime, RuntimeError};
 use crate::vfs::{Durability, Vfs};
 use log::ServerLog;
 use protocol::StartupPacket;
@@ -271,7 +271,7 @@ impl std::fmt::Debug for Backend {
 
 /// What the handle asks of the backend thread.
 enum Command {
-    Exec(Vec<u8>),
+    Exec(Vec<u8>, Option<MoreInput>),
     Startup(Vec<u8>),
     InTransaction,
     MemorySize,
@@ -404,6 +404,19 @@ impl Backend {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn exec(&mut self, messages: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.exec_with_input(messages, None)
+    }
+
+    /// Like [`exec`](Self::exec), for a front end that relays a client: when the backend needs
+    /// more input than `messages` (COPY FROM STDIN, whose data the client sends only after the
+    /// CopyInResponse), `more_input` is called with the reply bytes produced so far — deliver them
+    /// to the client — and returns the client's next complete messages, or `None` to end the
+    /// COPY with an error. It runs on the backend's thread.
+    pub(crate) fn exec_with_input(
+        &mut self,
+        messages: &[u8],
+        more_input: Option<MoreInput>,
+    ) -> Result<Vec<u8>, BackendError> {
         if let Some(reason) = &self.dead {
             return Err(BackendError::Dead {
                 reason: reason.clone(),
@@ -424,7 +437,7 @@ impl Backend {
         if end == 0 {
             return Ok(Vec::new());
         }
-        self.round_trip(Command::Exec(messages[..end].to_vec()))
+        self.round_trip(Command::Exec(messages[..end].to_vec(), more_input))
     }
 
     fn round_trip(&mut self, command: Command) -> Result<Vec<u8>, BackendError> {
@@ -570,11 +583,11 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
     let mut dead = false;
     while let Some(command) = commands.recv() {
         let reply = match command {
-            Command::Exec(_) | Command::Startup(_) if dead => {
+            Command::Exec(..) | Command::Startup(_) if dead => {
                 Reply::Output(Vec::new(), Err(CallError::Trap("the backend is dead".into())))
             }
-            Command::Exec(bytes) => {
-                let (output, result) = instance.exec(&bytes);
+            Command::Exec(bytes, more_input) => {
+                let (output, result) = instance.exec(&bytes, more_input);
                 if let Err(e) = &result {
                     dead = true;
                     tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());

@@ -5,7 +5,7 @@ use wasmtime::{Caller, Func, Ref, Store, TypedFunc, WasmParams, WasmResults};
 
 use super::imports::with_memory;
 use super::sjlj::ProcessExit;
-use super::state::{Exports, HostState};
+use super::state::{Exports, HostState, MoreInput};
 use super::{Runtime, guest};
 use crate::vfs::Vfs;
 
@@ -137,7 +137,11 @@ impl PgInstance {
 
     /// Executes complete frontend messages and returns the backend's bytes. On a fatal error the
     /// bytes produced before it are returned with the error.
-    pub fn exec(&mut self, input: &[u8]) -> (Vec<u8>, Result<(), CallError>) {
+    ///
+    /// When the backend reads past `input` (COPY FROM STDIN), `more_input` is asked for further
+    /// bytes, given the output so far; without it, or when it has none, the COPY fails with an
+    /// error and the backend carries on.
+    pub fn exec(&mut self, input: &[u8], more_input: Option<MoreInput>) -> (Vec<u8>, Result<(), CallError>) {
         {
             let io = &mut self.store.data_mut().io;
             io.input.clear();
@@ -145,8 +149,10 @@ impl PgInstance {
             io.input_pos = 0;
             io.output.clear();
             io.copy_fail_injected = 0;
+            io.more_input = more_input;
         }
         let result = self.run_messages();
+        self.store.data_mut().io.more_input = None;
         let result = result.and_then(|()| {
             self.call(self.entry.send_ready_for_query.clone(), ())?;
             self.call(self.entry.flush.clone(), ())
@@ -246,6 +252,17 @@ impl PgInstance {
             |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
                 with_memory(&mut c, |mem, st| {
                     let io = &mut st.io;
+                    if io.input_pos >= io.input.len()
+                        && let Some(source) = io.more_input.as_mut()
+                    {
+                        match source(std::mem::take(&mut io.output)) {
+                            Some(more) if !more.is_empty() => {
+                                io.input = more;
+                                io.input_pos = 0;
+                            }
+                            _ => io.more_input = None,
+                        }
+                    }
                     let mut pending = &io.input[io.input_pos.min(io.input.len())..];
                     if pending.is_empty() {
                         // The backend wants more input than this exec carries: only a COPY FROM STDIN

@@ -23,7 +23,7 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
 pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
 pub(crate) use instance::{CallError, PgInstance};
 pub use rewrite::RewriteError;
-pub(crate) use state::HostState;
+pub(crate) use state::{HostState, MoreInput};
 
 use crate::assets;
 

@@ -57,7 +57,14 @@ pub(crate) struct ProtocolIo {
     pub output: Vec<u8>,
     /// How many times this exec answered a read past its input (see `install_callbacks`).
     pub copy_fail_injected: u8,
+    /// Where more frontend bytes come from when the backend reads past this exec's input (a COPY
+    /// FROM STDIN whose data the client sends only after seeing CopyInResponse). Called with the
+    /// backend's output so far, which the caller must deliver to the client first.
+    pub more_input: Option<MoreInput>,
 }
+
+/// A source of further frontend bytes during one exec; `None` means there are none.
+pub(crate) type MoreInput = Box<dyn FnMut(Vec<u8>) -> Option<Vec<u8>> + Send>;
 
 /// Exports of the main module used by the host.
 #[derive(Clone)]

@@ -32,12 +32,19 @@ const PROTOCOL_3_0: u32 = 196_608;
 /// Largest startup packet Postgres accepts.
 const MAX_STARTUP_PACKET: usize = 10_000;
 
-struct Connection {
+/// The client's socket and the bytes read from it but not yet taken.
+struct ClientIo {
     stream: TcpStream,
+    input: BytesMut,
+    max_message_size: usize,
+}
+
+struct Connection {
+    /// Shared with the backend thread while it streams COPY data (see [`Connection::exec`]).
+    io: Arc<Mutex<ClientIo>>,
     shared: Arc<Shared>,
     id: u32,
     prefix: String,
-    input: BytesMut,
     /// The backend, while this connection owns it.
     owner: Option<OwnedMutexGuard<Backend>>,
     /// Prepared statements this connection created (client names).
@@ -46,12 +53,16 @@ struct Connection {
 
 pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let id = super::next_id(&shared.next_id);
-    let mut conn = Connection {
+    let io = ClientIo {
         stream,
+        input: BytesMut::with_capacity(8192),
+        max_message_size: shared.config.max_message_size,
+    };
+    let mut conn = Connection {
+        io: Arc::new(Mutex::new(io)),
         shared,
         id,
         prefix: format!("_c{id}_"),
-        input: BytesMut::with_capacity(8192),
         owner: None,
         prepared: HashSet::new(),
     };
@@ -65,19 +76,21 @@ impl Connection {
     /// Handles the startup phase; `Ok(true)` when the client is ready for queries.
     async fn startup(&mut self) -> std::io::Result<bool> {
         loop {
+            let mut io = self.io.lock().await;
             let mut len = [0u8; 4];
-            self.stream.read_exact(&mut len).await?;
+            io.stream.read_exact(&mut len).await?;
             let len = u32::from_be_bytes(len) as usize;
             if !(8..=MAX_STARTUP_PACKET).contains(&len) {
-                self.fatal("08P01", "invalid length of startup packet").await;
+                io.fatal("08P01", "invalid length of startup packet").await;
                 return Ok(false);
             }
             let mut body = vec![0u8; len - 4];
-            self.stream.read_exact(&mut body).await?;
+            io.stream.read_exact(&mut body).await?;
+            drop(io);
             let code = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
             match code {
                 // TLS and GSS encryption are not offered: the client continues in the clear.
-                SSL_REQUEST | GSSENC_REQUEST => self.stream.write_all(b"N").await?,
+                SSL_REQUEST | GSSENC_REQUEST => self.io.lock().await.stream.write_all(b"N").await?,
                 CANCEL_REQUEST => return Ok(false),
                 PROTOCOL_3_0 => return self.accept_startup(&body[4..]).await,
                 other => {
@@ -133,7 +146,7 @@ impl Connection {
         getrandom::fill(&mut key[4..]).map_err(|e| std::io::Error::other(e.to_string()))?;
         put_message(&mut out, b'K', &key);
         put_message(&mut out, b'Z', b"I");
-        self.stream.write_all(&out).await?;
+        self.io.lock().await.stream.write_all(&out).await?;
         Ok(true)
     }
 
@@ -184,9 +197,8 @@ impl Connection {
             let reply = match self.exec(&batch).await {
                 Ok(reply) => reply,
                 Err(BackendError::Fatal { output, .. }) => {
-                    self.stream
-                        .write_all(&messages::unrename_reply(&output, &self.prefix))
-                        .await?;
+                    let reply = messages::unrename_reply(&output, &self.prefix);
+                    self.io.lock().await.stream.write_all(&reply).await?;
                     return Ok(());
                 }
                 Err(e) => {
@@ -196,9 +208,8 @@ impl Connection {
                 }
             };
             batch.clear();
-            self.stream
-                .write_all(&messages::unrename_reply(&reply, &self.prefix))
-                .await?;
+            let unrenamed = messages::unrename_reply(&reply, &self.prefix);
+            self.io.lock().await.stream.write_all(&unrenamed).await?;
             if messages::ready_status(&reply) == Some(b'I') {
                 self.owner = None; // the next connection in line may go
             }
@@ -206,44 +217,47 @@ impl Connection {
     }
 
     /// Runs `bytes` on the backend, waiting for this connection's turn first.
+    ///
+    /// A COPY FROM STDIN needs the client's data, which it sends only after the CopyInResponse:
+    /// the backend thread then writes the reply so far to the client and reads the client's next
+    /// messages itself, until CopyDone or CopyFail.
     async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
         if self.owner.is_none() {
             self.owner = Some(self.shared.backend.clone().lock_owned().await);
         }
+        let (io, prefix, runtime) = (
+            self.io.clone(),
+            self.prefix.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let more_input: crate::runtime::MoreInput = Box::new(move |output: Vec<u8>| {
+            runtime.block_on(async {
+                let mut io = io.lock().await;
+                io.stream
+                    .write_all(&messages::unrename_reply(&output, &prefix))
+                    .await
+                    .ok()?;
+                let mut more = BytesMut::new();
+                loop {
+                    let (tag, body) = io.read_message().await.ok()??;
+                    messages::rename(tag, &body, &prefix, &mut more)?;
+                    if matches!(tag, b'c' | b'f') || more.len() >= 1 << 20 || !io.has_message() {
+                        return Some(more.to_vec());
+                    }
+                }
+            })
+        });
         let backend = self.owner.as_mut().expect("owned");
-        tokio::task::block_in_place(|| backend.exec(bytes))
+        tokio::task::block_in_place(|| backend.exec_with_input(bytes, Some(more_input)))
     }
 
-    /// Reads one message; `None` at EOF. A length beyond the limit ends the connection.
     async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
-        loop {
-            if self.input.len() >= 5 {
-                let tag = self.input[0];
-                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
-                if len < 4 || len > self.shared.config.max_message_size {
-                    let text = format!("invalid message length {len} for message type {:?}", tag as char);
-                    self.fatal("08P01", &text).await;
-                    return Ok(None);
-                }
-                if self.input.len() > len {
-                    self.input.advance(5);
-                    let body = self.input.split_to(len - 4);
-                    return Ok(Some((tag, body)));
-                }
-                self.input.reserve(len + 1 - self.input.len());
-            }
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                return Ok(None);
-            }
-        }
+        self.io.lock().await.read_message().await
     }
 
     /// Sends a FATAL error to the client.
     async fn fatal(&mut self, code: &str, message: &str) {
-        let _ = self
-            .stream
-            .write_all(&error_response("FATAL", code, message))
-            .await;
+        self.io.lock().await.fatal(code, message).await;
     }
 
     /// Leaves nothing behind for the next client: an open transaction is rolled back and the
@@ -271,5 +285,45 @@ impl Connection {
             tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
         }
         self.owner = None;
+    }
+}
+
+impl ClientIo {
+    /// Reads one message; `None` at EOF. A length beyond the limit ends the connection.
+    async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
+        loop {
+            if self.input.len() >= 5 {
+                let tag = self.input[0];
+                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
+                if len < 4 || len > self.max_message_size {
+                    let text = format!("invalid message length {len} for message type {:?}", tag as char);
+                    self.fatal("08P01", &text).await;
+                    return Ok(None);
+                }
+                if self.input.len() > len {
+                    self.input.advance(5);
+                    let body = self.input.split_to(len - 4);
+                    return Ok(Some((tag, body)));
+                }
+                self.input.reserve(len + 1 - self.input.len());
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether a complete message is already buffered.
+    fn has_message(&self) -> bool {
+        self.input.len() >= 5
+            && self.input.len() > u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize
+    }
+
+    /// Sends a FATAL error to the client.
+    async fn fatal(&mut self, code: &str, message: &str) {
+        let _ = self
+            .stream
+            .write_all(&error_response("FATAL", code, message))
+            .await;
     }
 }
