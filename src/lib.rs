@@ -33,8 +33,8 @@ pub(crate) mod vfs;
 
 pub use assets::extension_bundle_names;
 pub use backend::{
-    Backend, BackendBuilder, BackendError, DataDir, LOCK_FILE, Notification, ProtocolError, ServerMessage,
-    SimpleQueryOutput, StatementResult,
+    Backend, BackendBuilder, BackendError, CancelHandle, DataDir, LOCK_FILE, Notification, ProtocolError,
+    ServerMessage, SimpleQueryOutput, StatementResult,
 };
 pub use server::{Server, ServerBuilder, ServerError};
 pub use vfs::Durability;

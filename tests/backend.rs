@@ -376,3 +376,30 @@ fn two_backends_in_one_process_see_nothing_of_each_other() {
     assert_eq!(scalar(&mut a, "SHOW work_mem"), "4MB");
     assert_eq!(scalar(&mut a, "SELECT count(*) FROM only_in_a"), "1");
 }
+
+#[test]
+fn a_cancel_ends_the_running_statement_and_the_backend_carries_on() {
+    let mut db = Backend::builder().open().unwrap();
+    for sql in [
+        "SELECT pg_sleep(30)",
+        "SELECT count(*) FROM generate_series(1, 1000000000)",
+    ] {
+        let cancel = db.cancel_handle();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let started = std::time::Instant::now();
+        let error = db.simple_query(sql).unwrap().error.expect("cancelled");
+        canceller.join().unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            ("57014", "canceling statement due to user request")
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{sql} ran to its end"
+        );
+        assert_eq!(scalar(&mut db, "SELECT 1"), "1");
+    }
+}

@@ -297,3 +297,95 @@ fn ssl_is_declined_and_the_client_continues_in_the_clear() {
         assert_eq!(one, 1);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_request_ends_the_running_statement_of_that_connection() {
+    let server = start();
+    let client = connect(&server).await;
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let err = client.query_one("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    let n: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_authentication_with_scram() {
+    let server = Server::builder()
+        .password("s3cr&t")
+        .start(Backend::builder().open().unwrap())
+        .unwrap();
+    assert!(server.url().contains(":s3cr%26t@"), "{}", server.url());
+    let client = connect(&server).await;
+    let n: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+
+    let wrong = format!("postgresql://postgres:nope@{}/postgres", server.local_addr());
+    let err = tokio_postgres::connect(&wrong, NoTls)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    let missing = format!("postgresql://postgres@{}/postgres", server.local_addr());
+    assert!(tokio_postgres::connect(&missing, NoTls).await.is_err());
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sqlx_pool_of_five_serves_fifty_concurrent_transactions() {
+    let server = start();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&server.url())
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE ledger(task int, step int, amount int, PRIMARY KEY (task, step))")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..50 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            for step in 0..10 {
+                sqlx::query("INSERT INTO ledger VALUES ($1, $2, $3)")
+                    .bind(task)
+                    .bind(step)
+                    .bind(task * step)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let (count, sum): (i64, i64) =
+                sqlx::query_as("SELECT count(*), sum(amount)::int8 FROM ledger WHERE task = $1")
+                    .bind(task)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.commit().await.unwrap();
+            (task, count, sum)
+        }));
+    }
+    for task in tasks {
+        let (task, count, sum) = task.await.unwrap();
+        assert_eq!((count, sum), (10, (task * 45) as i64), "task {task}");
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 500);
+}

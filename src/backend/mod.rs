@@ -254,6 +254,7 @@ fn validate_setting(name: &str, value: &str) -> Result<(), BackendError> {
 /// crate is what shares one backend among many clients.
 pub struct Backend {
     commands: handoff::Caller<Command, Reply>,
+    cancel: CancelHandle,
     thread: Option<JoinHandle<()>>,
     data_dir: DataDir,
     dead: Option<String>,
@@ -353,7 +354,7 @@ impl Backend {
                     }
                 };
                 receiver.register();
-                let _ = ready_tx.send(Ok(()));
+                let _ = ready_tx.send(Ok(instance.cancel_flag()));
                 serve(&mut instance, receiver, &log);
                 drop(instance);
                 drop(lock);
@@ -362,8 +363,8 @@ impl Backend {
                 context: "cannot start the backend thread".into(),
                 source,
             })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
+        let cancel_flag = match ready_rx.recv() {
+            Ok(Ok(flag)) => flag,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -375,9 +376,13 @@ impl Backend {
                     log: Vec::new(),
                 });
             }
-        }
+        };
         Ok(Backend {
             commands,
+            cancel: CancelHandle {
+                flag: cancel_flag,
+                runtime,
+            },
             thread: Some(thread),
             data_dir: builder.data_dir,
             dead: None,
@@ -495,6 +500,11 @@ impl Backend {
         }
     }
 
+    /// A handle that cancels whatever statement the backend is running, from any thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
     /// Why the backend died, if it did.
     pub fn dead_reason(&self) -> Option<&str> {
         self.dead.as_deref()
@@ -575,6 +585,44 @@ impl Drop for Backend {
         if let Err(e) = self.shutdown() {
             tracing::warn!("PGlite backend shutdown on drop: {e}");
         }
+    }
+}
+
+/// Cancels the statement a [`Backend`] is running, like a CancelRequest to a real server: the
+/// statement ends with error 57014 (`canceling statement due to user request`) and the backend
+/// keeps serving. Without a running statement, the next one that checks for interrupts is
+/// cancelled, as in Postgres; [`CancelHandle::withdraw`] takes a request back.
+///
+/// ```no_run
+/// let mut backend = pglite_harness::Backend::builder().open()?;
+/// let cancel = backend.cancel_handle();
+/// std::thread::spawn(move || { std::thread::sleep(std::time::Duration::from_millis(100)); cancel.cancel() });
+/// let out = backend.simple_query("SELECT pg_sleep(30)")?;
+/// assert_eq!(out.error.unwrap().code, "57014");
+/// # Ok::<(), pglite_harness::BackendError>(())
+/// ```
+#[derive(Clone)]
+pub struct CancelHandle {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    runtime: &'static Runtime,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle").finish_non_exhaustive()
+    }
+}
+
+impl CancelHandle {
+    /// Requests the cancel.
+    pub fn cancel(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.runtime.interrupt_instances();
+    }
+
+    /// Takes back a request not yet delivered.
+    pub fn withdraw(&self) {
+        self.flag.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

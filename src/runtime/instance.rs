@@ -67,6 +67,16 @@ impl PgInstance {
     /// Instantiates the module (its start function runs) over `vfs` with `environ`.
     pub fn instantiate(runtime: &Runtime, vfs: Vfs, environ: Vec<Vec<u8>>) -> Result<Self, CallError> {
         let mut store = Store::new(runtime.engine(), HostState::new(vfs, environ));
+        // A cancel request bumps the engine's epoch; running wasm then calls back here, and the
+        // request is delivered to Postgres' interrupt flags.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            if let Some(memory) = ctx.data().exports.as_ref().map(|e| e.memory) {
+                let (mem, state) = memory.data_and_store_mut(&mut ctx);
+                state.deliver_cancel(mem);
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
         let instance = runtime.instance_pre().instantiate(&mut store).map_err(trap)?;
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
@@ -92,6 +102,8 @@ impl PgInstance {
             calloc: func!("calloc"),
             memalign: func!("emscripten_builtin_memalign"),
             dl_seterr: func!("__dl_seterr"),
+            query_cancel_pending: address(&mut store, instance, "QueryCancelPending")?,
+            interrupt_pending: address(&mut store, instance, "InterruptPending")?,
         };
         let entry = Entry {
             ctors: func!("__wasm_call_ctors"),
@@ -215,6 +227,11 @@ impl PgInstance {
             });
         self.store.data_mut().vfs.close_all();
         result
+    }
+
+    /// The flag that cancels the running statement when set (see `HostState::deliver_cancel`).
+    pub fn cancel_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.store.data().cancel.clone()
     }
 
     /// The instance's filesystem (for `/dev/blob`).
@@ -387,6 +404,14 @@ const COPY_FAIL_MISSING_DATA: &[u8] =
     b"f\x00\x00\x00\x40COPY data must be sent in the same exec as the COPY command\x00";
 /// A Sync message.
 const SYNC: &[u8] = b"S\x00\x00\x00\x04";
+
+/// The value of an exported address global (a data symbol).
+fn address(store: &mut Store<HostState>, instance: wasmtime::Instance, name: &str) -> Result<i32, CallError> {
+    instance
+        .get_global(&mut *store, name)
+        .and_then(|g| g.get(&mut *store).i32())
+        .ok_or_else(|| CallError::Trap(format!("pglite.wasm does not export {name}")))
+}
 
 fn classify(e: wasmtime::Error) -> CallError {
     if let Some(exit) = e.downcast_ref::<ProcessExit>() {

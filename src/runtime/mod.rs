@@ -155,6 +155,11 @@ impl Runtime {
         &self.instance_pre
     }
 
+    /// Makes every running instance check for a pending cancel request (see `PgInstance`).
+    pub(crate) fn interrupt_instances(&self) {
+        self.engine.increment_epoch();
+    }
+
     pub(crate) fn main_table_slot(&self, export: &str) -> Option<u32> {
         self.main_table_slots.get(export).copied()
     }
@@ -191,7 +196,9 @@ fn engine_config() -> Config {
         // Postgres' errors unwind through longjmp (a host error); capturing wasm backtraces for
         // each would multiply their cost.
         .wasm_backtrace_max_frames(None)
-        .memory_guaranteed_dense_image_size(1 << 30);
+        .memory_guaranteed_dense_image_size(1 << 30)
+        // Lets a cancel request reach a statement that computes without calling the host.
+        .epoch_interruption(true);
     config
 }
 

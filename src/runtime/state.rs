@@ -1,5 +1,7 @@
 //! The per-instance host state kept in each wasmtime `Store`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wasmtime::{Global, Instance, Memory, Table, TypedFunc};
@@ -23,6 +25,11 @@ pub(crate) struct HostState {
     pub timers: [Option<Instant>; 3],
     /// Origin of `emscripten_get_now` and monotonic clocks.
     pub epoch: Instant,
+    /// Set from another thread to cancel the running statement (a CancelRequest).
+    pub cancel: Arc<AtomicBool>,
+    /// Added to the monotonic clock: Postgres' waits (pg_sleep, lock waits) spin on that clock
+    /// in PGlite, so a delivered cancel moves it forward to end the wait and reach the check.
+    pub monotonic_skip: std::time::Duration,
 }
 
 impl HostState {
@@ -35,7 +42,29 @@ impl HostState {
             dylinker: Dylinker::default(),
             timers: [None; 3],
             epoch: Instant::now(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            monotonic_skip: std::time::Duration::ZERO,
         }
+    }
+
+    /// The monotonic clock as the guest sees it.
+    pub fn monotonic(&self) -> std::time::Duration {
+        self.epoch.elapsed() + self.monotonic_skip
+    }
+
+    /// Delivers a pending cancel request the way Postgres' SIGINT handler does: it sets
+    /// `QueryCancelPending` and `InterruptPending`, and the next `CHECK_FOR_INTERRUPTS()` raises
+    /// "canceling statement due to user request" (57014). Called from imports Postgres reaches
+    /// while it waits (poll, clocks) and from the epoch callback while it computes.
+    pub fn deliver_cancel(&mut self, mem: &mut [u8]) {
+        if !self.cancel.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(exports) = &self.exports else { return };
+        for address in [exports.query_cancel_pending, exports.interrupt_pending] {
+            let _ = crate::runtime::guest::write_i32(mem, address, 1);
+        }
+        self.monotonic_skip += std::time::Duration::from_secs(24 * 3600);
     }
 
     /// The exports; imports only run after they are set.
@@ -78,4 +107,7 @@ pub(crate) struct Exports {
     pub calloc: TypedFunc<(i32, i32), i32>,
     pub memalign: TypedFunc<(i32, i32), i32>,
     pub dl_seterr: TypedFunc<(i32, i32), ()>,
+    /// Addresses of Postgres' `QueryCancelPending` and `InterruptPending` flags.
+    pub query_cancel_pending: i32,
+    pub interrupt_pending: i32,
 }

@@ -18,6 +18,14 @@ use crate::backend::{Backend, BackendError};
 pub(crate) struct Shared {
     /// The backend; its lock is the FIFO queue of connections waiting for their turn.
     pub backend: Arc<Mutex<Backend>>,
+    /// Cancels the backend's running statement.
+    pub cancel: crate::backend::CancelHandle,
+    /// The SCRAM verifier of the configured password, if any.
+    pub verifier: Option<super::scram::ScramVerifier>,
+    /// The secret of each connection's BackendKeyData, by connection id.
+    pub keys: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
+    /// The connection whose messages the backend is running, if any.
+    pub executing: std::sync::Mutex<Option<u32>>,
     /// ParameterStatus messages sent to every client at startup.
     pub parameter_statuses: Vec<u8>,
     pub config: ServerBuilder,
@@ -91,7 +99,14 @@ impl Connection {
             match code {
                 // TLS and GSS encryption are not offered: the client continues in the clear.
                 SSL_REQUEST | GSSENC_REQUEST => self.io.lock().await.stream.write_all(b"N").await?,
-                CANCEL_REQUEST => return Ok(false),
+                CANCEL_REQUEST => {
+                    if body.len() == 12 {
+                        let pid = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes"));
+                        let secret = u32::from_be_bytes(body[8..12].try_into().expect("4 bytes"));
+                        self.shared.cancel_if_running(pid, secret);
+                    }
+                    return Ok(false);
+                }
                 PROTOCOL_3_0 => return self.accept_startup(&body[4..]).await,
                 other => {
                     let message = format!(
@@ -139,15 +154,90 @@ impl Connection {
             return Ok(false);
         }
         let mut out = BytesMut::new();
-        put_message(&mut out, b'R', &0u32.to_be_bytes()); // AuthenticationOk (trust)
+        if let Some(verifier) = &self.shared.verifier {
+            match self.authenticate(verifier.clone(), &user).await? {
+                Some(server_final) => out.extend_from_slice(&server_final),
+                None => return Ok(false),
+            }
+        }
+        put_message(&mut out, b'R', &0u32.to_be_bytes()); // AuthenticationOk
         out.extend_from_slice(&self.shared.parameter_statuses);
-        let mut key = [0u8; 8];
-        key[..4].copy_from_slice(&self.id.to_be_bytes());
-        getrandom::fill(&mut key[4..]).map_err(|e| std::io::Error::other(e.to_string()))?;
-        put_message(&mut out, b'K', &key);
+        let mut secret = [0u8; 4];
+        getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.shared
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.id, u32::from_be_bytes(secret));
+        put_message(&mut out, b'K', &[self.id.to_be_bytes(), secret].concat());
         put_message(&mut out, b'Z', b"I");
         self.io.lock().await.stream.write_all(&out).await?;
         Ok(true)
+    }
+
+    /// SCRAM-SHA-256: AuthenticationSASL, two SASL responses, AuthenticationSASLFinal. Returns the
+    /// final message to send before AuthenticationOk, or `None` after telling the client why not.
+    async fn authenticate(
+        &mut self,
+        verifier: super::scram::ScramVerifier,
+        user: &str,
+    ) -> std::io::Result<Option<BytesMut>> {
+        let mut exchange = super::scram::ScramExchange::new(&verifier);
+        let mut out = BytesMut::new();
+        put_message(
+            &mut out,
+            b'R',
+            &[
+                &10u32.to_be_bytes()[..],
+                super::scram::ScramExchange::mechanisms(),
+            ]
+            .concat(),
+        );
+        self.io.lock().await.stream.write_all(&out).await?;
+        for step in [11u32, 12] {
+            let Some(body) = self.read_auth_message().await? else {
+                return Ok(None);
+            };
+            let result = if step == 11 {
+                exchange.client_first(&body)
+            } else {
+                exchange.client_final(&body)
+            };
+            match result {
+                Ok(reply) => {
+                    let mut out = BytesMut::new();
+                    put_message(&mut out, b'R', &[&step.to_be_bytes()[..], &reply].concat());
+                    if step == 11 {
+                        self.io.lock().await.stream.write_all(&out).await?;
+                    } else {
+                        return Ok(Some(out));
+                    }
+                }
+                Err(super::scram::ScramError::WrongPassword) => {
+                    let message = format!("password authentication failed for user \"{user}\"");
+                    self.fatal("28P01", &message).await;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.fatal(e.sqlstate(), &e.to_string()).await;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a SASL response ('p'), at most 64 KiB as in Postgres.
+    async fn read_auth_message(&mut self) -> std::io::Result<Option<BytesMut>> {
+        match self.read_message().await? {
+            Some((b'p', body)) if body.len() <= 65_535 => Ok(Some(body)),
+            Some((tag, _)) => {
+                let message = format!("expected SASL response, got message type {}", tag as char);
+                self.fatal("08P01", &message).await;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     /// The message loop, until the client leaves or the connection is ended.
@@ -248,7 +338,10 @@ impl Connection {
             })
         });
         let backend = self.owner.as_mut().expect("owned");
-        tokio::task::block_in_place(|| backend.exec_with_input(bytes, Some(more_input)))
+        self.shared.set_executing(Some(self.id));
+        let result = tokio::task::block_in_place(|| backend.exec_with_input(bytes, Some(more_input)));
+        self.shared.set_executing(None);
+        result
     }
 
     async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
@@ -263,6 +356,11 @@ impl Connection {
     /// Leaves nothing behind for the next client: an open transaction is rolled back and the
     /// connection's prepared statements are closed.
     async fn clean_up(&mut self) {
+        self.shared
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         let in_transaction = self.owner.is_some();
         if !in_transaction && self.prepared.is_empty() {
             return;
@@ -325,5 +423,24 @@ impl ClientIo {
             .stream
             .write_all(&error_response("FATAL", code, message))
             .await;
+    }
+}
+
+impl Shared {
+    /// Records which connection the backend runs for; a cancel request only reaches that one.
+    /// A request not delivered by the end of the run is withdrawn, so it cannot hit the next one.
+    fn set_executing(&self, id: Option<u32>) {
+        let mut executing = self.executing.lock().unwrap_or_else(|e| e.into_inner());
+        *executing = id;
+        self.cancel.withdraw();
+    }
+
+    /// Handles a CancelRequest: cancels the running statement if it is that connection's.
+    fn cancel_if_running(&self, pid: u32, secret: u32) {
+        let known = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&pid) == Some(&secret);
+        let executing = self.executing.lock().unwrap_or_else(|e| e.into_inner());
+        if known && *executing == Some(pid) {
+            self.cancel.cancel();
+        }
     }
 }

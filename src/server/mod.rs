@@ -28,6 +28,7 @@
 
 mod connection;
 mod messages;
+mod scram;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub struct ServerBuilder {
     port: u16,
     user: String,
     database: String,
+    password: Option<String>,
     idle_in_transaction_timeout: Duration,
     max_message_size: usize,
 }
@@ -73,6 +75,7 @@ impl Default for ServerBuilder {
             port: 0,
             user: "postgres".into(),
             database: "postgres".into(),
+            password: None,
             idle_in_transaction_timeout: Duration::from_secs(60),
             max_message_size: 1 << 30,
         }
@@ -89,6 +92,19 @@ impl ServerBuilder {
     /// The port (default 0: the OS picks a free one, see [`Server::port`]).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+
+    /// Requires this password, checked with SCRAM-SHA-256 (what sqlx, tokio-postgres and libpq
+    /// negotiate by default). Without one, authentication is `trust`.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().password("secret").start(Backend::builder().open()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 
@@ -142,7 +158,11 @@ impl ServerBuilder {
             .map_err(ServerError::Runtime)?;
 
         let shared = Arc::new(connection::Shared {
+            cancel: backend.cancel_handle(),
             backend: Arc::new(tokio::sync::Mutex::new(backend)),
+            verifier: self.password.as_deref().map(scram::ScramVerifier::from_password),
+            keys: std::sync::Mutex::new(std::collections::HashMap::new()),
+            executing: std::sync::Mutex::new(None),
             parameter_statuses,
             config: self,
             next_id: AtomicU32::new(1),
@@ -229,10 +249,19 @@ impl Server {
     /// A connection URL that sqlx, tokio-postgres, psql and diesel accept.
     pub fn url(&self) -> String {
         let config = &self.config;
-        format!(
-            "postgresql://{}@{}/{}",
-            config.user, self.local_addr, config.database
-        )
+        match &config.password {
+            Some(password) => format!(
+                "postgresql://{}:{}@{}/{}",
+                config.user,
+                percent_encode(password),
+                self.local_addr,
+                config.database
+            ),
+            None => format!(
+                "postgresql://{}@{}/{}",
+                config.user, self.local_addr, config.database
+            ),
+        }
     }
 
     /// Stops accepting, closes every connection, and shuts the backend down cleanly.
@@ -262,4 +291,14 @@ impl Drop for Server {
 
 pub(crate) fn next_id(counter: &AtomicU32) -> u32 {
     counter.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

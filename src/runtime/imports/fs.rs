@@ -19,6 +19,8 @@ const UTIME_OMIT: i64 = 0x3fff_fffe;
 /// Terminal ioctls answered for a tty.
 const TCGETS: i32 = 0x5401;
 const TIOCGWINSZ: i32 = 0x5413;
+/// Longest single sleep of a `poll` with nothing ready, so a cancel is seen promptly.
+const POLL_SLICE_MS: i32 = 5;
 
 type C<'a> = Caller<'a, HostState>;
 
@@ -373,8 +375,9 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "__syscall_poll",
-        |mut c: C<'_>, fds: i32, nfds: i32, _timeout: i32| {
-            syscall(&mut c, |mem, st| {
+        |mut c: C<'_>, fds: i32, nfds: i32, timeout: i32| {
+            let ready = syscall(&mut c, |mem, st| {
+                st.deliver_cancel(mem);
                 let mut ready = 0;
                 for i in 0..nfds.max(0) {
                     // struct pollfd { i32 fd; i16 events; i16 revents; }
@@ -390,7 +393,18 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     ready += i32::from(revents != 0);
                 }
                 Ok(ready)
-            })
+            });
+            // Nothing is ready (Postgres waiting on its latch, e.g. pg_sleep): wait a slice of the
+            // timeout rather than spin. Postgres re-checks its clock and interrupts, then waits again.
+            if ready == 0 && timeout != 0 && !c.data().cancel.load(std::sync::atomic::Ordering::Acquire) {
+                let slice = if timeout < 0 {
+                    POLL_SLICE_MS
+                } else {
+                    timeout.min(POLL_SLICE_MS)
+                };
+                std::thread::sleep(std::time::Duration::from_millis(slice as u64));
+            }
+            ready
         },
     )?;
     Ok(())

@@ -28,7 +28,7 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             * 1000.0
     })?;
     linker.func_wrap("env", "emscripten_get_now", |c: C<'_>| -> f64 {
-        c.data().epoch.elapsed().as_secs_f64() * 1000.0
+        c.data().monotonic().as_secs_f64() * 1000.0
     })?;
     linker.func_wrap(
         "env",

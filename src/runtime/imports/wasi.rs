@@ -42,12 +42,14 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "clock_time_get",
         |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
             wasi_call(&mut c, |mem, st| {
+                // pg_sleep and other waits spin on this clock: a cancel gets in here.
+                st.deliver_cancel(mem);
                 let nanos = match id {
                     0 => SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_nanos() as u64,
-                    1..=3 => st.epoch.elapsed().as_nanos() as u64,
+                    1..=3 => st.monotonic().as_nanos() as u64,
                     _ => return Err(Errno::EINVAL),
                 };
                 guest::write_u64(mem, out, nanos)
