@@ -389,3 +389,109 @@ async fn an_sqlx_pool_of_five_serves_fifty_concurrent_transactions() {
         .unwrap();
     assert_eq!(total, 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listen_on_one_connection_and_notify_from_another() {
+    use futures_util::StreamExt;
+    let server = start();
+    let (listener, mut connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let bystander = connect(&server).await;
+    let notifier = connect(&server).await;
+    notifier
+        .batch_execute("NOTIFY jobs, 'first'; NOTIFY other, 'not for anyone'")
+        .await
+        .unwrap();
+    notifier
+        .query("SELECT pg_notify('jobs', 'second')", &[])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, ("jobs".to_owned(), "first".to_owned()));
+    assert_eq!(second, ("jobs".to_owned(), "second".to_owned()));
+    // The bystander and the notifier, not listening, got nothing; after UNLISTEN, neither does the listener.
+    assert_eq!(
+        bystander
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    listener.batch_execute("UNLISTEN jobs").await.unwrap();
+    notifier.batch_execute("NOTIFY jobs, 'third'").await.unwrap();
+    listener.batch_execute("SELECT 1").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "delivered after UNLISTEN"
+    );
+}
+
+async fn show(client: &tokio_postgres::Client) -> String {
+    client.query_one("SHOW work_mem", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_connection_keeps_its_own_set_values() {
+    let server = start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    a.batch_execute("SET work_mem = '7MB'; SET application_name = 'client a'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b).await, "4MB", "b does not see a's SET");
+    assert_eq!(show(&a).await, "7MB", "a's SET is back in force for a");
+    let name: String = a
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "client a");
+    b.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    assert_eq!(show(&a).await, "7MB");
+    assert_eq!(show(&b).await, "9MB");
+    a.batch_execute("RESET work_mem").await.unwrap();
+    assert_eq!(show(&a).await, "4MB");
+}
+
+#[tokio::test]
+async fn a_non_utf8_client_encoding_is_refused_at_startup() {
+    let server = start();
+    // tokio-postgres always sends client_encoding=UTF8: speak the protocol by hand.
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "postgres"), ("client_encoding", "LATIN1")],
+        &mut startup,
+    )
+    .unwrap();
+    raw.write_all(&startup).await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("22023") && text.contains("LATIN1"), "{text}");
+    // The server is fine.
+    let client = connect(&server).await;
+    assert_eq!(
+        client.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        2
+    );
+}

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ServerBuilder;
 use super::messages::{self, RenameEffect, error_response, put_message};
+use super::session;
 use crate::backend::{Backend, BackendError};
 
 /// State shared by all connections of one server.
@@ -26,6 +27,13 @@ pub(crate) struct Shared {
     pub keys: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
     /// The connection whose messages the backend is running, if any.
     pub executing: std::sync::Mutex<Option<u32>>,
+    /// Connections listening on each channel.
+    pub listeners: std::sync::Mutex<std::collections::HashMap<String, HashSet<u32>>>,
+    /// Where each connection's notifications go.
+    pub mailboxes:
+        std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Session settings per connection.
+    pub session_settings: std::sync::Mutex<SessionSettings>,
     /// ParameterStatus messages sent to every client at startup.
     pub parameter_statuses: Vec<u8>,
     pub config: ServerBuilder,
@@ -42,7 +50,8 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 
 /// The client's socket and the bytes read from it but not yet taken.
 struct ClientIo {
-    stream: TcpStream,
+    reader: tokio::net::tcp::OwnedReadHalf,
+    writer: Arc<Mutex<tokio::net::tcp::OwnedWriteHalf>>,
     input: BytesMut,
     max_message_size: usize,
 }
@@ -50,6 +59,14 @@ struct ClientIo {
 struct Connection {
     /// Shared with the backend thread while it streams COPY data (see [`Connection::exec`]).
     io: Arc<Mutex<ClientIo>>,
+    /// The socket's write half (also reachable from `io`), so notifications can be written while
+    /// a read is pending.
+    writer: Arc<Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    /// Notifications for this connection, from whichever connection's reply carried them.
+    notifications: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// LISTEN/UNLISTEN commands in the batch being run.
+    pending_listen: Vec<session::ListenCommand>,
+
     shared: Arc<Shared>,
     id: u32,
     prefix: String,
@@ -61,13 +78,25 @@ struct Connection {
 
 pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let id = super::next_id(&shared.next_id);
+    let (reader, writer) = stream.into_split();
+    let writer = Arc::new(Mutex::new(writer));
     let io = ClientIo {
-        stream,
+        reader,
+        writer: writer.clone(),
         input: BytesMut::with_capacity(8192),
         max_message_size: shared.config.max_message_size,
     };
+    let (mailbox, notifications) = tokio::sync::mpsc::unbounded_channel();
+    shared
+        .mailboxes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, mailbox);
     let mut conn = Connection {
         io: Arc::new(Mutex::new(io)),
+        writer,
+        notifications: Some(notifications),
+        pending_listen: Vec::new(),
         shared,
         id,
         prefix: format!("_c{id}_"),
@@ -86,19 +115,19 @@ impl Connection {
         loop {
             let mut io = self.io.lock().await;
             let mut len = [0u8; 4];
-            io.stream.read_exact(&mut len).await?;
+            io.reader.read_exact(&mut len).await?;
             let len = u32::from_be_bytes(len) as usize;
             if !(8..=MAX_STARTUP_PACKET).contains(&len) {
                 io.fatal("08P01", "invalid length of startup packet").await;
                 return Ok(false);
             }
             let mut body = vec![0u8; len - 4];
-            io.stream.read_exact(&mut body).await?;
+            io.reader.read_exact(&mut body).await?;
             drop(io);
             let code = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
             match code {
                 // TLS and GSS encryption are not offered: the client continues in the clear.
-                SSL_REQUEST | GSSENC_REQUEST => self.io.lock().await.stream.write_all(b"N").await?,
+                SSL_REQUEST | GSSENC_REQUEST => self.writer.lock().await.write_all(b"N").await?,
                 CANCEL_REQUEST => {
                     if body.len() == 12 {
                         let pid = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes"));
@@ -126,6 +155,7 @@ impl Connection {
             .split(|&b| b == 0)
             .map(|s| String::from_utf8_lossy(s).into_owned());
         let (mut user, mut database) = (None, None);
+        let mut startup_settings = Vec::new();
         while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
             if key.is_empty() {
                 break;
@@ -133,7 +163,16 @@ impl Connection {
             match key.as_str() {
                 "user" => user = Some(value),
                 "database" => database = Some(value),
-                _ => {}
+                "client_encoding" if !is_utf8(&value) => {
+                    let message =
+                        format!("unsupported client encoding \"{value}\": this server speaks UTF8 only");
+                    self.fatal("22023", &message).await;
+                    return Ok(false);
+                }
+                // Sent by every driver with the server's own values; nothing to apply.
+                "client_encoding" | "replication" | "options" => {}
+                _ if session::is_server_default(&key, &value) => {}
+                _ => startup_settings.push((key, value)),
             }
         }
         let config = &self.shared.config;
@@ -153,6 +192,7 @@ impl Connection {
             self.fatal("3D000", &message).await;
             return Ok(false);
         }
+        self.shared.settings().saved.insert(self.id, startup_settings);
         let mut out = BytesMut::new();
         if let Some(verifier) = &self.shared.verifier {
             match self.authenticate(verifier.clone(), &user).await? {
@@ -171,7 +211,7 @@ impl Connection {
             .insert(self.id, u32::from_be_bytes(secret));
         put_message(&mut out, b'K', &[self.id.to_be_bytes(), secret].concat());
         put_message(&mut out, b'Z', b"I");
-        self.io.lock().await.stream.write_all(&out).await?;
+        self.writer.lock().await.write_all(&out).await?;
         Ok(true)
     }
 
@@ -193,7 +233,7 @@ impl Connection {
             ]
             .concat(),
         );
-        self.io.lock().await.stream.write_all(&out).await?;
+        self.writer.lock().await.write_all(&out).await?;
         for step in [11u32, 12] {
             let Some(body) = self.read_auth_message().await? else {
                 return Ok(None);
@@ -208,7 +248,7 @@ impl Connection {
                     let mut out = BytesMut::new();
                     put_message(&mut out, b'R', &[&step.to_be_bytes()[..], &reply].concat());
                     if step == 11 {
-                        self.io.lock().await.stream.write_all(&out).await?;
+                        self.writer.lock().await.write_all(&out).await?;
                     } else {
                         return Ok(Some(out));
                     }
@@ -243,28 +283,33 @@ impl Connection {
     /// The message loop, until the client leaves or the connection is ended.
     async fn run(&mut self) -> std::io::Result<()> {
         let mut batch = BytesMut::new();
+        let mut notifications = self.notifications.take().expect("taken once");
         loop {
-            let message = if self.owner.is_some() && batch.is_empty() {
-                let idle = self.shared.config.idle_in_transaction_timeout;
-                match tokio::time::timeout(idle, self.read_message()).await {
-                    Ok(m) => m?,
-                    Err(_) => {
-                        self.fatal(
-                            "25P03",
-                            "terminating connection due to idle-in-transaction timeout",
-                        )
-                        .await;
+            let idle_in_transaction = self.owner.is_some() && batch.is_empty();
+            let idle = self.shared.config.idle_in_transaction_timeout;
+            let io = self.io.clone();
+            let read = async move { io.lock().await.read_message().await };
+            tokio::pin!(read);
+            // Wait for the client's next message; meanwhile deliver notifications, and end a
+            // transaction left idle too long.
+            let message = loop {
+                tokio::select! {
+                    message = &mut read => break message?,
+                    Some(note) = notifications.recv() => {
+                        self.writer.lock().await.write_all(&note).await?;
+                    }
+                    _ = tokio::time::sleep(idle), if idle_in_transaction => {
+                        self.fatal("25P03", "terminating connection due to idle-in-transaction timeout").await;
                         return Ok(());
                     }
                 }
-            } else {
-                self.read_message().await?
             };
-            let Some((tag, body)) = message else {
-                return Ok(());
-            };
+            let Some((tag, body)) = message else { return Ok(()) };
             if tag == b'X' {
                 return Ok(());
+            }
+            if let Some(sql) = statement_text(tag, &body) {
+                self.pending_listen.extend(session::listen_commands(&sql));
             }
             match messages::rename(tag, &body, &self.prefix, &mut batch) {
                 Some(RenameEffect::Prepared(name)) => {
@@ -288,7 +333,7 @@ impl Connection {
                 Ok(reply) => reply,
                 Err(BackendError::Fatal { output, .. }) => {
                     let reply = messages::unrename_reply(&output, &self.prefix);
-                    self.io.lock().await.stream.write_all(&reply).await?;
+                    self.writer.lock().await.write_all(&reply).await?;
                     return Ok(());
                 }
                 Err(e) => {
@@ -298,12 +343,114 @@ impl Connection {
                 }
             };
             batch.clear();
+            let reply = self.after_exec(reply).await;
             let unrenamed = messages::unrename_reply(&reply, &self.prefix);
-            self.io.lock().await.stream.write_all(&unrenamed).await?;
+            self.writer.lock().await.write_all(&unrenamed).await?;
             if messages::ready_status(&reply) == Some(b'I') {
-                self.owner = None; // the next connection in line may go
+                self.release();
             }
         }
+    }
+
+    /// Routes notifications out of `reply`, records LISTEN/UNLISTEN and SET effects, and
+    /// returns what is left for this client.
+    async fn after_exec(&mut self, reply: Vec<u8>) -> Vec<u8> {
+        let (kept, notes) = session::take_notifications(&reply);
+        self.shared.deliver(notes);
+        if session::changes_settings(&kept) {
+            self.shared.settings().dirty = true;
+        }
+        let mut relisten = Vec::new();
+        {
+            let mut listeners = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for command in std::mem::take(&mut self.pending_listen) {
+                let channels: Vec<String> = match command {
+                    session::ListenCommand::Listen(channel) => {
+                        listeners.entry(channel).or_default().insert(self.id);
+                        continue;
+                    }
+                    session::ListenCommand::Unlisten(channel) => vec![channel],
+                    session::ListenCommand::UnlistenAll => listeners.keys().cloned().collect(),
+                };
+                for channel in channels {
+                    if let Some(ids) = listeners.get_mut(&channel) {
+                        ids.remove(&self.id);
+                        if ids.is_empty() {
+                            listeners.remove(&channel);
+                        } else {
+                            relisten.push(channel);
+                        }
+                    }
+                }
+            }
+        }
+        // Others still listen on a channel this connection left: the shared session must too.
+        if !relisten.is_empty() {
+            let sql: String = relisten
+                .iter()
+                .map(|c| format!("LISTEN {};", session::quote_identifier(c)))
+                .collect();
+            let _ = self.run_sql(&sql).await;
+        }
+        kept
+    }
+
+    /// Lets the next connection in line have the backend.
+    fn release(&mut self) {
+        self.owner = None;
+    }
+
+    /// Puts this connection's session settings in force, after taking the backend. Settings
+    /// change hands lazily: only when the last owner's differ (or were changed with SET, in which
+    /// case they are first saved for it), so clients that never SET pay nothing.
+    async fn apply_settings(&mut self) -> Result<(), BackendError> {
+        let (previous, dirty, applied, wanted) = {
+            let state = self.shared.settings();
+            if state.applied_for == Some(self.id) {
+                return Ok(());
+            }
+            let wanted = state.saved.get(&self.id).cloned().unwrap_or_default();
+            (state.applied_for, state.dirty, state.applied.clone(), wanted)
+        };
+        if dirty && let Some(previous) = previous {
+            let reply = self.run_sql(SESSION_SETTINGS).await?;
+            let rows = crate::backend::SimpleQueryOutput::parse(&reply);
+            let saved: Vec<(String, String)> = rows
+                .rows()
+                .iter()
+                .filter_map(|row| Some((row.first()?.clone()?, row.get(1)?.clone()?)))
+                .collect();
+            if let Some(slot) = self.shared.settings().saved.get_mut(&previous) {
+                *slot = saved;
+            }
+        }
+        if dirty || wanted != applied {
+            let mut sql = String::from("RESET ALL;");
+            for (name, value) in &wanted {
+                sql.push_str(&format!(
+                    "SET {} = {};",
+                    session::quote_identifier(name),
+                    session::quote_literal(value)
+                ));
+            }
+            self.run_sql(&sql).await?;
+        }
+        let mut state = self.shared.settings();
+        state.applied_for = Some(self.id);
+        state.applied = wanted;
+        state.dirty = false;
+        Ok(())
+    }
+
+    /// Runs SQL of the server's own on the owned backend.
+    async fn run_sql(&mut self, sql: &str) -> Result<Vec<u8>, BackendError> {
+        let mut msg = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
+        let backend = self.owner.as_mut().expect("owned");
+        let reply = tokio::task::block_in_place(|| backend.exec(&msg))?;
+        let (kept, notes) = session::take_notifications(&reply);
+        self.shared.deliver(notes);
+        Ok(kept)
     }
 
     /// Runs `bytes` on the backend, waiting for this connection's turn first.
@@ -314,6 +461,7 @@ impl Connection {
     async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
         if self.owner.is_none() {
             self.owner = Some(self.shared.backend.clone().lock_owned().await);
+            self.apply_settings().await?;
         }
         let (io, prefix, runtime) = (
             self.io.clone(),
@@ -323,7 +471,10 @@ impl Connection {
         let more_input: crate::runtime::MoreInput = Box::new(move |output: Vec<u8>| {
             runtime.block_on(async {
                 let mut io = io.lock().await;
-                io.stream
+                let writer = io.writer.clone();
+                writer
+                    .lock()
+                    .await
                     .write_all(&messages::unrename_reply(&output, &prefix))
                     .await
                     .ok()?;
@@ -348,26 +499,77 @@ impl Connection {
         self.io.lock().await.read_message().await
     }
 
-    /// Sends a FATAL error to the client.
+    /// Sends a FATAL error to the client (through the write half: a read may be pending).
     async fn fatal(&mut self, code: &str, message: &str) {
-        self.io.lock().await.fatal(code, message).await;
+        let _ = self
+            .writer
+            .lock()
+            .await
+            .write_all(&error_response("FATAL", code, message))
+            .await;
     }
 
     /// Leaves nothing behind for the next client: an open transaction is rolled back and the
     /// connection's prepared statements are closed.
     async fn clean_up(&mut self) {
+        // Whether the client left inside a transaction: it still owns the backend then.
+        let in_transaction = self.owner.is_some();
         self.shared
             .keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
-        let in_transaction = self.owner.is_some();
-        if !in_transaction && self.prepared.is_empty() {
+        self.shared
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        let mut abandoned = Vec::new();
+        {
+            let mut listeners = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            listeners.retain(|channel, ids| {
+                if ids.remove(&self.id) && ids.is_empty() {
+                    abandoned.push(channel.clone());
+                }
+                !ids.is_empty()
+            });
+        }
+        let settings_in_force = {
+            let mut state = self.shared.settings();
+            state.saved.remove(&self.id);
+            state.applied_for == Some(self.id)
+        };
+        if !in_transaction && self.prepared.is_empty() && abandoned.is_empty() && !settings_in_force {
             return;
         }
+        if self.owner.is_none() {
+            self.owner = Some(self.shared.backend.clone().lock_owned().await);
+        }
+        // Whose settings are in force only changes while the backend is owned: decide now.
+        let reset_settings = {
+            let mut state = self.shared.settings();
+            let mine = state.applied_for == Some(self.id);
+            let reset = mine && (state.dirty || !state.applied.is_empty());
+            if mine {
+                state.applied_for = None;
+                state.applied.clear();
+                state.dirty = false;
+            }
+            reset
+        };
         let mut cleanup = BytesMut::new();
         if in_transaction {
             let _ = postgres_protocol::message::frontend::query("ROLLBACK", &mut cleanup);
+        }
+        if reset_settings {
+            let _ = postgres_protocol::message::frontend::query("RESET ALL", &mut cleanup);
+        }
+        if !abandoned.is_empty() {
+            let sql: String = abandoned
+                .iter()
+                .map(|c| format!("UNLISTEN {};", session::quote_identifier(c)))
+                .collect();
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut cleanup);
         }
         if !self.prepared.is_empty() {
             for name in std::mem::take(&mut self.prepared) {
@@ -379,10 +581,13 @@ impl Connection {
             }
             postgres_protocol::message::frontend::sync(&mut cleanup);
         }
-        if let Err(e) = self.exec(&cleanup).await {
-            tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
+        if !cleanup.is_empty() {
+            let backend = self.owner.as_mut().expect("owned");
+            if let Err(e) = tokio::task::block_in_place(|| backend.exec(&cleanup)) {
+                tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
+            }
         }
-        self.owner = None;
+        self.release();
     }
 }
 
@@ -405,7 +610,7 @@ impl ClientIo {
                 }
                 self.input.reserve(len + 1 - self.input.len());
             }
-            if self.stream.read_buf(&mut self.input).await? == 0 {
+            if self.reader.read_buf(&mut self.input).await? == 0 {
                 return Ok(None);
             }
         }
@@ -420,13 +625,71 @@ impl ClientIo {
     /// Sends a FATAL error to the client.
     async fn fatal(&mut self, code: &str, message: &str) {
         let _ = self
-            .stream
+            .writer
+            .lock()
+            .await
             .write_all(&error_response("FATAL", code, message))
             .await;
     }
 }
 
+fn is_utf8(encoding: &str) -> bool {
+    matches!(
+        encoding.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
+        "utf8" | "unicode"
+    )
+}
+
+/// The SQL text of a Query or Parse message.
+fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
+    let text = match tag {
+        b'Q' => body,
+        b'P' => &body[body.iter().position(|&b| b == 0)? + 1..],
+        _ => return None,
+    };
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    Some(String::from_utf8_lossy(&text[..end]).into_owned())
+}
+
+/// The session settings a connection may have changed (`source = 'session'`).
+const SESSION_SETTINGS: &str =
+    "SELECT name, setting FROM pg_settings WHERE source = 'session' AND context IN ('user', 'superuser')";
+
+/// Whose session settings are in force in the shared session, and every connection's own.
+#[derive(Default)]
+pub(crate) struct SessionSettings {
+    /// The connection whose settings the session has now.
+    applied_for: Option<u32>,
+    /// The settings applied for it at its last turn.
+    applied: Vec<(String, String)>,
+    /// Whether it changed settings since (SET, RESET, DISCARD): then they are read back before
+    /// another connection's are applied.
+    dirty: bool,
+    /// Each connection's settings, by connection id.
+    saved: std::collections::HashMap<u32, Vec<(String, String)>>,
+}
+
 impl Shared {
+    fn settings(&self) -> std::sync::MutexGuard<'_, SessionSettings> {
+        self.session_settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends notifications to the connections listening on their channels.
+    fn deliver(&self, notes: Vec<(String, Vec<u8>)>) {
+        if notes.is_empty() {
+            return;
+        }
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mailboxes = self.mailboxes.lock().unwrap_or_else(|e| e.into_inner());
+        for (channel, note) in notes {
+            for id in listeners.get(&channel).into_iter().flatten() {
+                if let Some(mailbox) = mailboxes.get(id) {
+                    let _ = mailbox.send(note.clone());
+                }
+            }
+        }
+    }
+
     /// Records which connection the backend runs for; a cancel request only reaches that one.
     /// A request not delivered by the end of the run is withdrawn, so it cannot hit the next one.
     fn set_executing(&self, id: Option<u32>) {

@@ -29,6 +29,7 @@
 mod connection;
 mod messages;
 mod scram;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,6 +164,9 @@ impl ServerBuilder {
             verifier: self.password.as_deref().map(scram::ScramVerifier::from_password),
             keys: std::sync::Mutex::new(std::collections::HashMap::new()),
             executing: std::sync::Mutex::new(None),
+            listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            mailboxes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            session_settings: std::sync::Mutex::new(Default::default()),
             parameter_statuses,
             config: self,
             next_id: AtomicU32::new(1),

@@ -1,0 +1,194 @@
+//! What each connection keeps of the shared session: its LISTEN channels and its SET values.
+//!
+//! `LISTEN`/`UNLISTEN` are read from the SQL of Query and Parse messages; notifications
+//! (NotificationResponse) coming out of the backend are taken out of whatever reply carries them
+//! and delivered to the connections listening on that channel, and only to them.
+
+/// A LISTEN-family command found in SQL text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenCommand {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
+}
+
+/// The LISTEN/UNLISTEN commands among the statements of `sql`.
+pub(crate) fn listen_commands(sql: &str) -> Vec<ListenCommand> {
+    let mut commands = Vec::new();
+    for statement in split_statements(sql) {
+        let statement = statement.trim_start();
+        let (keyword, rest) = statement.split_at(
+            statement
+                .find(|c: char| c.is_whitespace())
+                .unwrap_or(statement.len()),
+        );
+        let keyword = keyword.to_ascii_lowercase();
+        if keyword != "listen" && keyword != "unlisten" {
+            continue;
+        }
+        let rest = rest.trim();
+        if keyword == "unlisten" && rest.starts_with('*') {
+            commands.push(ListenCommand::UnlistenAll);
+            continue;
+        }
+        let Some(channel) = identifier(rest) else { continue };
+        commands.push(if keyword == "listen" {
+            ListenCommand::Listen(channel)
+        } else {
+            ListenCommand::Unlisten(channel)
+        });
+    }
+    commands
+}
+
+/// Splits SQL on semicolons outside quotes.
+fn split_statements(sql: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quote) = (0, None::<char>);
+    for (i, c) in sql.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => {
+                parts.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&sql[start..]);
+    parts
+}
+
+/// A channel name: a quoted identifier keeps its case, an unquoted one is folded to lower case.
+fn identifier(text: &str) -> Option<String> {
+    if let Some(quoted) = text.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        return None;
+    }
+    let name: String = text
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+        .collect::<String>()
+        .to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Whether a startup parameter just restates the server's setting (drivers send DateStyle,
+/// TimeZone and the like), so that applying it per connection can be skipped.
+pub(crate) fn is_server_default(name: &str, value: &str) -> bool {
+    let value = value.trim().to_ascii_lowercase();
+    match name.to_ascii_lowercase().as_str() {
+        "datestyle" => value == "iso, mdy" || value == "iso",
+        "timezone" => value == "utc" || value == "etc/utc",
+        "intervalstyle" => value == "postgres",
+        "extra_float_digits" => value == "1",
+        "application_name" => value.is_empty(),
+        _ => false,
+    }
+}
+
+/// Quotes `name` as an SQL identifier.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes `value` as an SQL string literal.
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Splits a backend reply into the part for the client and its NotificationResponse messages,
+/// each with its channel.
+pub(crate) fn take_notifications(reply: &[u8]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let mut kept = Vec::with_capacity(reply.len());
+    let mut notifications = Vec::new();
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(reply.len());
+        if reply[at] == b'A' {
+            let body = &reply[at + 5..end];
+            let channel = body
+                .get(4..)
+                .and_then(|b| b.split(|&c| c == 0).next())
+                .unwrap_or_default();
+            notifications.push((
+                String::from_utf8_lossy(channel).into_owned(),
+                reply[at..end].to_vec(),
+            ));
+        } else {
+            kept.extend_from_slice(&reply[at..end]);
+        }
+        at = end;
+    }
+    kept.extend_from_slice(&reply[at..]);
+    (kept, notifications)
+}
+
+/// Whether a reply reports a statement that changes session settings.
+pub(crate) fn changes_settings(reply: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(reply.len());
+        if reply[at] == b'C' {
+            let tag = &reply[at + 5..end];
+            if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") || tag.starts_with(b"DISCARD") {
+                return true;
+            }
+        }
+        at = end;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_commands_are_found_in_sql() {
+        assert_eq!(
+            listen_commands("LISTEN jobs"),
+            vec![ListenCommand::Listen("jobs".into())]
+        );
+        assert_eq!(
+            listen_commands("listen Jobs; UNLISTEN \"Mixed\"\"Case\"; select 1; unlisten *"),
+            vec![
+                ListenCommand::Listen("jobs".into()),
+                ListenCommand::Unlisten("Mixed\"Case".into()),
+                ListenCommand::UnlistenAll
+            ]
+        );
+        assert!(listen_commands("SELECT 'LISTEN x; '").is_empty());
+    }
+
+    #[test]
+    fn notifications_are_taken_out_of_a_reply() {
+        let mut reply = Vec::new();
+        reply.extend_from_slice(b"C\0\0\0\x0bNOTIFY\0");
+        let body = [&42u32.to_be_bytes()[..], b"jobs\0payload\0"].concat();
+        reply.push(b'A');
+        reply.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        reply.extend_from_slice(&body);
+        reply.extend_from_slice(b"Z\0\0\0\x05I");
+        let (kept, notifications) = take_notifications(&reply);
+        assert_eq!(kept, b"C\0\0\0\x0bNOTIFY\0Z\0\0\0\x05I");
+        assert_eq!(notifications.len(), 1);
+        assert_eq!(notifications[0].0, "jobs");
+    }
+}
