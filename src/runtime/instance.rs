@@ -154,15 +154,7 @@ impl PgInstance {
     /// bytes, given the output so far; without it, or when it has none, the COPY fails with an
     /// error and the backend carries on.
     pub fn exec(&mut self, input: &[u8], more_input: Option<MoreInput>) -> (Vec<u8>, Result<(), CallError>) {
-        {
-            let io = &mut self.store.data_mut().io;
-            io.input.clear();
-            io.input.extend_from_slice(input);
-            io.input_pos = 0;
-            io.output.clear();
-            io.copy_fail_injected = 0;
-            io.more_input = more_input;
-        }
+        self.store.data_mut().io.begin(input, more_input);
         let result = self.run_messages();
         self.store.data_mut().io.more_input = None;
         let result = result.and_then(|()| {
@@ -190,14 +182,7 @@ impl PgInstance {
     /// host's business, the backend answers with its ParameterStatus, BackendKeyData and
     /// ReadyForQuery.
     pub fn startup(&mut self, packet: &[u8]) -> (Vec<u8>, Result<(), CallError>) {
-        {
-            let io = &mut self.store.data_mut().io;
-            io.input.clear();
-            io.input.extend_from_slice(packet);
-            io.input_pos = 0;
-            io.output.clear();
-            io.copy_fail_injected = 0;
-        }
+        self.store.data_mut().io.begin(packet, None);
         let result = (|| {
             let port = self.call(self.entry.my_proc_port.clone(), ())?;
             let status = self.call(self.entry.process_startup_packet.clone(), (port, 1, 1))?;

@@ -92,6 +92,18 @@ pub(crate) struct ProtocolIo {
     pub more_input: Option<MoreInput>,
 }
 
+impl ProtocolIo {
+    /// Starts a call with `input` as the frontend bytes and no output yet.
+    pub fn begin(&mut self, input: &[u8], more_input: Option<MoreInput>) {
+        self.input.clear();
+        self.input.extend_from_slice(input);
+        self.input_pos = 0;
+        self.output.clear();
+        self.copy_fail_injected = 0;
+        self.more_input = more_input;
+    }
+}
+
 /// A source of further frontend bytes during one exec; `None` means there are none.
 pub(crate) type MoreInput = Box<dyn FnMut(Vec<u8>) -> Option<Vec<u8>> + Send>;
 

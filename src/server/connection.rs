@@ -501,12 +501,7 @@ impl Connection {
 
     /// Sends a FATAL error to the client (through the write half: a read may be pending).
     async fn fatal(&mut self, code: &str, message: &str) {
-        let _ = self
-            .writer
-            .lock()
-            .await
-            .write_all(&error_response("FATAL", code, message))
-            .await;
+        send_fatal(&self.writer, code, message).await;
     }
 
     /// Leaves nothing behind for the next client: an open transaction is rolled back and the
@@ -624,12 +619,7 @@ impl ClientIo {
 
     /// Sends a FATAL error to the client.
     async fn fatal(&mut self, code: &str, message: &str) {
-        let _ = self
-            .writer
-            .lock()
-            .await
-            .write_all(&error_response("FATAL", code, message))
-            .await;
+        send_fatal(&self.writer, code, message).await;
     }
 }
 
@@ -638,6 +628,15 @@ fn is_utf8(encoding: &str) -> bool {
         encoding.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
         "utf8" | "unicode"
     )
+}
+
+/// Writes a FATAL ErrorResponse; a client already gone is not an error here.
+async fn send_fatal(writer: &Mutex<tokio::net::tcp::OwnedWriteHalf>, code: &str, message: &str) {
+    let _ = writer
+        .lock()
+        .await
+        .write_all(&error_response("FATAL", code, message))
+        .await;
 }
 
 /// The SQL text of a Query or Parse message.
