@@ -93,15 +93,9 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "fd_read",
         |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nread: i32| {
             wasi_call(&mut c, |mem, st| {
-                let mut total = 0usize;
-                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                    let n = st.vfs.read(fd, guest::slice_mut(mem, ptr, len)?)?;
-                    total += n;
-                    if n < len {
-                        break;
-                    }
-                }
-                guest::write_u32(mem, nread, total as u32)
+                transfer(mem, iovs, iovcnt, 0, nread, |mem, ptr, len, _| {
+                    st.vfs.read(fd, guest::slice_mut(mem, ptr, len)?)
+                })
             })
         },
     )?;
@@ -110,15 +104,9 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "fd_write",
         |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, nwritten: i32| {
             wasi_call(&mut c, |mem, st| {
-                let mut total = 0usize;
-                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                    let n = st.vfs.write(fd, guest::slice(mem, ptr, len)?)?;
-                    total += n;
-                    if n < len {
-                        break;
-                    }
-                }
-                guest::write_u32(mem, nwritten, total as u32)
+                transfer(mem, iovs, iovcnt, 0, nwritten, |mem, ptr, len, _| {
+                    st.vfs.write(fd, guest::slice(mem, ptr, len)?)
+                })
             })
         },
     )?;
@@ -127,17 +115,10 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "fd_pread",
         |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nread: i32| {
             wasi_call(&mut c, |mem, st| {
-                let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-                let mut total = 0usize;
-                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                    let n = st.vfs.pread(fd, guest::slice_mut(mem, ptr, len)?, at)?;
-                    total += n;
-                    at += n as u64;
-                    if n < len {
-                        break;
-                    }
-                }
-                guest::write_u32(mem, nread, total as u32)
+                let start = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                transfer(mem, iovs, iovcnt, start, nread, |mem, ptr, len, at| {
+                    st.vfs.pread(fd, guest::slice_mut(mem, ptr, len)?, at)
+                })
             })
         },
     )?;
@@ -146,19 +127,33 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "fd_pwrite",
         |mut c: C<'_>, fd: i32, iovs: i32, iovcnt: i32, offset: i64, nwritten: i32| {
             wasi_call(&mut c, |mem, st| {
-                let mut at = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-                let mut total = 0usize;
-                for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
-                    let n = st.vfs.pwrite(fd, guest::slice(mem, ptr, len)?, at)?;
-                    total += n;
-                    at += n as u64;
-                    if n < len {
-                        break;
-                    }
-                }
-                guest::write_u32(mem, nwritten, total as u32)
+                let start = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                transfer(mem, iovs, iovcnt, start, nwritten, |mem, ptr, len, at| {
+                    st.vfs.pwrite(fd, guest::slice(mem, ptr, len)?, at)
+                })
             })
         },
     )?;
     Ok(())
+}
+
+/// Moves bytes through each iovec in turn with `step(mem, ptr, len, offset)`, stops at a short
+/// transfer, and stores the total at `total_ptr` (the shape of fd_read/write/pread/pwrite).
+fn transfer(
+    mem: &mut [u8],
+    iovs: i32,
+    iovcnt: i32,
+    start: u64,
+    total_ptr: i32,
+    mut step: impl FnMut(&mut [u8], i32, usize, u64) -> Result<usize, Errno>,
+) -> Result<(), Errno> {
+    let mut total = 0usize;
+    for (ptr, len) in guest::iovecs(mem, iovs, iovcnt)? {
+        let n = step(mem, ptr, len, start + total as u64)?;
+        total += n;
+        if n < len {
+            break;
+        }
+    }
+    guest::write_u32(mem, total_ptr, total as u32)
 }
