@@ -79,20 +79,30 @@ impl<Req, Resp> Caller<Req, Resp> {
     /// Sends `request` and waits for its reply; `None` if the worker is gone.
     pub fn call(&self, request: Req) -> Option<Resp> {
         let s = &*self.shared;
-        if s.closed.load(Ordering::Acquire) {
-            return None;
-        }
         *lock(&s.caller) = Some(thread::current());
-        *lock(&s.request) = Some(request);
-        s.has_request.store(true, Ordering::Release);
-        if let Some(worker) = lock(&s.worker).as_ref() {
-            worker.unpark();
+        if !self.send(request) {
+            return None;
         }
         if !wait(&s.has_reply, &s.closed) {
             return None;
         }
         s.has_reply.store(false, Ordering::Release);
         lock(&s.reply).take()
+    }
+
+    /// Sends `request` without waiting: for requests that carry their own way to answer (an
+    /// async caller's oneshot). `false` if the worker is gone.
+    pub fn send(&self, request: Req) -> bool {
+        let s = &*self.shared;
+        if s.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        *lock(&s.request) = Some(request);
+        s.has_request.store(true, Ordering::Release);
+        if let Some(worker) = lock(&s.worker).as_ref() {
+            worker.unpark();
+        }
+        true
     }
 }
 

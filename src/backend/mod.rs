@@ -273,6 +273,8 @@ impl std::fmt::Debug for Backend {
 /// What the handle asks of the backend thread.
 enum Command {
     Exec(Vec<u8>, Option<MoreInput>),
+    /// An exec whose reply goes to an async caller.
+    ExecAsync(Vec<u8>, Option<MoreInput>, tokio::sync::oneshot::Sender<Reply>),
     Startup(Vec<u8>),
     InTransaction,
     MemorySize,
@@ -445,8 +447,46 @@ impl Backend {
         self.round_trip(Command::Exec(messages[..end].to_vec(), more_input))
     }
 
+    /// [`exec_with_input`](Self::exec_with_input) for async callers: the calling task waits
+    /// without blocking its thread.
+    pub(crate) async fn exec_async(
+        &mut self,
+        messages: &[u8],
+        more_input: Option<MoreInput>,
+    ) -> Result<Vec<u8>, BackendError> {
+        if let Some(reason) = &self.dead {
+            return Err(BackendError::Dead {
+                reason: reason.clone(),
+            });
+        }
+        let frames = protocol::frames(messages)?;
+        let end = frames
+            .iter()
+            .find(|f| f.tag == b'X')
+            .map_or(messages.len(), |f| f.start);
+        if end == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = if self
+            .commands
+            .send(Command::ExecAsync(messages[..end].to_vec(), more_input, tx))
+        {
+            rx.await.ok()
+        } else {
+            None
+        };
+        self.settle(reply)
+    }
+
     fn round_trip(&mut self, command: Command) -> Result<Vec<u8>, BackendError> {
-        match self.commands.call(command) {
+        let reply = self.commands.call(command);
+        self.settle(reply)
+    }
+
+    /// Turns the backend thread's answer into the caller's result, noting a death.
+    fn settle(&mut self, reply: Option<Reply>) -> Result<Vec<u8>, BackendError> {
+        match reply {
             Some(Reply::Output(output, Ok(()))) => Ok(output),
             Some(Reply::Output(output, Err(e))) => {
                 let reason = fatal_reason(&output).unwrap_or_else(|| e.to_string());
@@ -631,6 +671,22 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
     let mut dead = false;
     while let Some(command) = commands.recv() {
         let reply = match command {
+            Command::ExecAsync(_, _, reply) if dead => {
+                let _ = reply.send(Reply::Output(
+                    Vec::new(),
+                    Err(CallError::Trap("the backend is dead".into())),
+                ));
+                continue;
+            }
+            Command::ExecAsync(bytes, more_input, reply) => {
+                let (output, result) = instance.exec(&bytes, more_input);
+                if let Err(e) = &result {
+                    dead = true;
+                    tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
+                }
+                let _ = reply.send(Reply::Output(output, result));
+                continue;
+            }
             Command::Exec(..) | Command::Startup(_) if dead => {
                 Reply::Output(Vec::new(), Err(CallError::Trap("the backend is dead".into())))
             }

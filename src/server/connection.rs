@@ -447,7 +447,7 @@ impl Connection {
         let mut msg = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
         let backend = self.owner.as_mut().expect("owned");
-        let reply = tokio::task::block_in_place(|| backend.exec(&msg))?;
+        let reply = backend.exec_async(&msg, None).await?;
         let (kept, notes) = session::take_notifications(&reply);
         self.shared.deliver(notes);
         Ok(kept)
@@ -490,7 +490,7 @@ impl Connection {
         });
         let backend = self.owner.as_mut().expect("owned");
         self.shared.set_executing(Some(self.id));
-        let result = tokio::task::block_in_place(|| backend.exec_with_input(bytes, Some(more_input)));
+        let result = backend.exec_async(bytes, Some(more_input)).await;
         self.shared.set_executing(None);
         result
     }
@@ -578,7 +578,7 @@ impl Connection {
         }
         if !cleanup.is_empty() {
             let backend = self.owner.as_mut().expect("owned");
-            if let Err(e) = tokio::task::block_in_place(|| backend.exec(&cleanup)) {
+            if let Err(e) = backend.exec_async(&cleanup, None).await {
                 tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
             }
         }
