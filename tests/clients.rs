@@ -94,3 +94,30 @@ fn pgbench_initialises_and_runs_four_clients_without_failures() {
         run(client("psql", &server).args(["-X", "-A", "-t", "-c", "select count(*) from pgbench_history"]));
     assert_eq!(out.trim(), "200");
 }
+
+#[test]
+fn psql_connects_over_the_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::builder()
+        .unix_socket_dir(dir.path())
+        .start(Backend::builder().open().unwrap())
+        .unwrap();
+    let socket = server.unix_socket_path().unwrap().to_owned();
+    assert!(socket.ends_with(format!(".s.PGSQL.{}", server.port())));
+    let out = run(Command::new(client_bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-h"])
+        .arg(dir.path())
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "select 40 + 2",
+        ]));
+    assert_eq!(out.trim(), "42");
+    drop(server);
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
+}

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicU32;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ServerBuilder;
@@ -50,8 +49,8 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 
 /// The client's socket and the bytes read from it but not yet taken.
 struct ClientIo {
-    reader: tokio::net::tcp::OwnedReadHalf,
-    writer: Arc<Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    reader: ClientReader,
+    writer: Arc<Mutex<ClientWriter>>,
     input: BytesMut,
     max_message_size: usize,
 }
@@ -61,7 +60,7 @@ struct Connection {
     io: Arc<Mutex<ClientIo>>,
     /// The socket's write half (also reachable from `io`), so notifications can be written while
     /// a read is pending.
-    writer: Arc<Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    writer: Arc<Mutex<ClientWriter>>,
     /// Notifications for this connection, from whichever connection's reply carried them.
     notifications: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
     /// LISTEN/UNLISTEN commands in the batch being run.
@@ -76,9 +75,13 @@ struct Connection {
     prepared: HashSet<Vec<u8>>,
 }
 
-pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+/// The read half of a client socket (TCP or Unix).
+pub(crate) type ClientReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The write half of a client socket (TCP or Unix).
+pub(crate) type ClientWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+pub(crate) async fn serve(reader: ClientReader, writer: ClientWriter, shared: Arc<Shared>) {
     let id = super::next_id(&shared.next_id);
-    let (reader, writer) = stream.into_split();
     let writer = Arc::new(Mutex::new(writer));
     let io = ClientIo {
         reader,
@@ -631,7 +634,7 @@ fn is_utf8(encoding: &str) -> bool {
 }
 
 /// Writes a FATAL ErrorResponse; a client already gone is not an error here.
-async fn send_fatal(writer: &Mutex<tokio::net::tcp::OwnedWriteHalf>, code: &str, message: &str) {
+async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
     let _ = writer
         .lock()
         .await

@@ -65,6 +65,7 @@ pub struct ServerBuilder {
     user: String,
     database: String,
     password: Option<String>,
+    unix_socket_dir: Option<std::path::PathBuf>,
     idle_in_transaction_timeout: Duration,
     max_message_size: usize,
 }
@@ -77,6 +78,7 @@ impl Default for ServerBuilder {
             user: "postgres".into(),
             database: "postgres".into(),
             password: None,
+            unix_socket_dir: None,
             idle_in_transaction_timeout: Duration::from_secs(60),
             max_message_size: 1 << 30,
         }
@@ -106,6 +108,21 @@ impl ServerBuilder {
     /// ```
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Also listens on a Unix socket in `dir`, named as Postgres names it (`.s.PGSQL.<port>`), so
+    /// `psql -h DIR -p PORT` and libpq URLs with `host=DIR` connect without TCP.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let dir = std::env::temp_dir();
+    /// let server = Server::builder().unix_socket_dir(&dir).start(Backend::builder().open()?)?;
+    /// println!("{}", server.unix_socket_path().unwrap().display());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unix_socket_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.unix_socket_dir = Some(dir.into());
         self
     }
 
@@ -151,6 +168,20 @@ impl ServerBuilder {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { address, source })?;
+        let unix_socket = match &self.unix_socket_dir {
+            Some(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", local_addr.port()));
+                let listener = std::os::unix::net::UnixListener::bind(&path)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| ServerError::Bind {
+                        address: path.display().to_string(),
+                        source,
+                    })?;
+                Some((listener, path))
+            }
+            None => None,
+        };
+        let unix_socket_path = unix_socket.as_ref().map(|(_, path)| path.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pglite-server")
@@ -184,12 +215,24 @@ impl ServerBuilder {
                         Ok(listener) => listener,
                         Err(e) => return tracing::error!("cannot serve: {e}"),
                     };
+                    let unix = match unix_socket.map(|(l, _)| tokio::net::UnixListener::from_std(l)).transpose() {
+                        Ok(unix) => unix,
+                        Err(e) => return tracing::error!("cannot serve the Unix socket: {e}"),
+                    };
                     loop {
                         tokio::select! {
                             accepted = listener.accept() => match accepted {
                                 Ok((stream, _)) => {
                                     let _ = stream.set_nodelay(true);
-                                    tokio::spawn(connection::serve(stream, accept_shared.clone()));
+                                    let (reader, writer) = stream.into_split();
+                                    tokio::spawn(connection::serve(Box::new(reader), Box::new(writer), accept_shared.clone()));
+                                }
+                                Err(e) => tracing::warn!("accept failed: {e}"),
+                            },
+                            accepted = async { unix.as_ref().expect("guarded").accept().await }, if unix.is_some() => match accepted {
+                                Ok((stream, _)) => {
+                                    let (reader, writer) = stream.into_split();
+                                    tokio::spawn(connection::serve(Box::new(reader), Box::new(writer), accept_shared.clone()));
                                 }
                                 Err(e) => tracing::warn!("accept failed: {e}"),
                             },
@@ -211,6 +254,7 @@ impl ServerBuilder {
         Ok(Server {
             local_addr,
             config,
+            unix_socket_path,
             thread: Some(thread),
             stop: stop_tx,
         })
@@ -222,6 +266,7 @@ impl ServerBuilder {
 pub struct Server {
     local_addr: SocketAddr,
     config: ServerBuilder,
+    unix_socket_path: Option<std::path::PathBuf>,
     thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -250,6 +295,11 @@ impl Server {
         self.local_addr.port()
     }
 
+    /// The Unix socket, when [`ServerBuilder::unix_socket_dir`] asked for one.
+    pub fn unix_socket_path(&self) -> Option<&std::path::Path> {
+        self.unix_socket_path.as_deref()
+    }
+
     /// A connection URL that sqlx, tokio-postgres, psql and diesel accept.
     pub fn url(&self) -> String {
         let config = &self.config;
@@ -275,6 +325,9 @@ impl Server {
 
     fn stop_all(&mut self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
+        if let Some(path) = self.unix_socket_path.take() {
+            let _ = std::fs::remove_file(path);
+        }
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(ServerError::Runtime(std::io::Error::other(
