@@ -403,3 +403,34 @@ fn a_cancel_ends_the_running_statement_and_the_backend_carries_on() {
         assert_eq!(scalar(&mut db, "SELECT 1"), "1");
     }
 }
+
+#[test]
+fn a_backend_runs_as_the_user_and_database_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        // Created on the first open, found on the second.
+        let mut db = Backend::builder()
+            .data_dir(dir.path())
+            .user("app")
+            .database("app_db")
+            .open()
+            .unwrap();
+        let out = query(&mut db, "SELECT current_user, session_user, current_database()");
+        assert_eq!(
+            out.rows()[0],
+            ["app", "app", "app_db"].map(|s| Some(s.to_owned())).to_vec()
+        );
+        query(&mut db, "CREATE TABLE IF NOT EXISTS mine(x int)");
+        assert_eq!(
+            scalar(
+                &mut db,
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'mine'"
+            ),
+            "app"
+        );
+        db.close().unwrap();
+    }
+    let mut memory = Backend::builder().database("other").open().unwrap();
+    assert_eq!(scalar(&mut memory, "SELECT current_database()"), "other");
+    assert_eq!(scalar(&mut memory, "SELECT current_user"), "postgres");
+}

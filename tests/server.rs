@@ -495,3 +495,25 @@ async fn a_non_utf8_client_encoding_is_refused_at_startup() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_get_the_instances_user_and_database() {
+    let backend = Backend::builder().user("app").database("app").open().unwrap();
+    let server = Server::builder().password("pw").start(backend).unwrap();
+    assert_eq!(
+        server.url(),
+        format!("postgresql://app:pw@{}/app", server.local_addr())
+    );
+    let client = connect(&server).await;
+    let row = client
+        .query_one("SELECT current_user, current_database()", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("app".to_owned(), "app".to_owned())
+    );
+    let url = format!("postgresql://postgres:pw@{}/app", server.local_addr());
+    let err = tokio_postgres::connect(&url, NoTls).await.err().expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+}

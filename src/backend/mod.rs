@@ -122,6 +122,8 @@ pub struct BackendBuilder {
     extensions: Vec<String>,
     durability: Durability,
     debug: Option<u8>,
+    user: String,
+    database: String,
 }
 
 impl Default for BackendBuilder {
@@ -132,6 +134,8 @@ impl Default for BackendBuilder {
             extensions: Vec::new(),
             durability: Durability::Relaxed,
             debug: None,
+            user: "postgres".into(),
+            database: "postgres".into(),
         }
     }
 }
@@ -195,6 +199,25 @@ impl BackendBuilder {
         self
     }
 
+    /// The role the session runs as (default `postgres`); created as a superuser if missing, and
+    /// made the session user, so `current_user` reports it.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().user("app").database("app").open()?;
+    /// assert_eq!(backend.simple_query("SELECT current_user")?.scalar(), Some("app"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
+        self
+    }
+
+    /// The database the session is connected to (default `postgres`); created if missing.
+    pub fn database(mut self, database: impl Into<String>) -> Self {
+        self.database = database.into();
+        self
+    }
+
     /// Postgres' debug level (`-d N`, 1–5), for its server log.
     pub fn debug(mut self, level: u8) -> Self {
         self.debug = Some(level);
@@ -206,7 +229,7 @@ impl BackendBuilder {
         Backend::open(self)
     }
 
-    fn argv(&self) -> Result<Vec<String>, BackendError> {
+    fn argv(&self, database: &str) -> Result<Vec<String>, BackendError> {
         let mut argv: Vec<String> = ["/pglite/bin/postgres", "--single"].map(String::from).to_vec();
         if self.durability == Durability::Relaxed {
             argv.push("-F".into());
@@ -224,7 +247,7 @@ impl BackendBuilder {
             validate_setting(name, value)?;
             argv.extend(["-c".to_owned(), format!("{name}={value}")]);
         }
-        argv.extend(["-D".to_owned(), PGDATA.to_owned(), "postgres".to_owned()]);
+        argv.extend(["-D".to_owned(), PGDATA.to_owned(), database.to_owned()]);
         Ok(argv)
     }
 }
@@ -253,6 +276,8 @@ fn validate_setting(name: &str, value: &str) -> Result<(), BackendError> {
 /// session). It is a single session: [`exec`](Backend::exec) is serial, and the TCP server of this
 /// crate is what shares one backend among many clients.
 pub struct Backend {
+    user: String,
+    database: String,
     commands: handoff::Caller<Command, Reply>,
     cancel: CancelHandle,
     thread: Option<JoinHandle<()>>,
@@ -301,7 +326,17 @@ impl Backend {
     fn open(builder: BackendBuilder) -> Result<Backend, BackendError> {
         let started = Instant::now();
         let runtime = Runtime::global()?;
-        let argv = builder.argv()?;
+        for (what, name) in [("user", &builder.user), ("database", &builder.database)] {
+            if name.is_empty() || name.contains('\0') || name.len() > 63 {
+                return Err(BackendError::InvalidSetting {
+                    name: what.to_owned(),
+                    reason: format!("{name:?} is not a valid {what} name (1 to 63 bytes, no NUL)"),
+                });
+            }
+        }
+        let argv = builder.argv("postgres")?;
+        let target_argv = builder.argv(&builder.database)?;
+        let (user, database) = (builder.user.clone(), builder.database.clone());
         let extensions = builder
             .extensions
             .iter()
@@ -346,12 +381,14 @@ impl Backend {
             .name("pglite-backend".into())
             .stack_size(BACKEND_THREAD_STACK)
             .spawn(move || {
-                let mut instance = match PgInstance::instantiate(runtime, vfs, environ())
+                let booted = PgInstance::instantiate(runtime, vfs, environ())
                     .and_then(|mut i| i.boot(&argv).map(|()| i))
-                {
+                    .map_err(|e| boot_error(e, &log))
+                    .and_then(|i| become_user_and_database(runtime, i, &user, &database, &target_argv, &log));
+                let mut instance = match booted {
                     Ok(instance) => instance,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(boot_error(e, &log)));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -380,6 +417,8 @@ impl Backend {
             }
         };
         Ok(Backend {
+            user: builder.user,
+            database: builder.database,
             commands,
             cancel: CancelHandle {
                 flag: cancel_flag,
@@ -543,6 +582,16 @@ impl Backend {
     /// A handle that cancels whatever statement the backend is running, from any thread.
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
+    }
+
+    /// The role the session runs as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The database the session is connected to.
+    pub fn database(&self) -> &str {
+        &self.database
     }
 
     /// Why the backend died, if it did.
@@ -722,6 +771,86 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
     if !dead {
         let _ = instance.shutdown();
     }
+}
+
+/// Makes a freshly booted instance (database `postgres`, role `postgres`) run as `user` in
+/// `database`: both are created if missing, and the instance is rebooted into the database.
+fn become_user_and_database(
+    runtime: &'static Runtime,
+    mut instance: PgInstance,
+    user: &str,
+    database: &str,
+    target_argv: &[String],
+    log: &ServerLog,
+) -> Result<PgInstance, BackendError> {
+    let sql = |instance: &mut PgInstance, sql: &str| -> Result<SimpleQueryOutput, BackendError> {
+        let mut msg = bytes::BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
+        let (output, result) = instance.exec(&msg, None);
+        result.map_err(|e| boot_error(e, log))?;
+        let out = SimpleQueryOutput::parse(&output);
+        match out.error {
+            Some(error) => Err(BackendError::Boot {
+                reason: format!("{sql}: {error}"),
+                log: log.recent(),
+            }),
+            None => Ok(out),
+        }
+    };
+    if user != "postgres" {
+        let exists = sql(
+            &mut instance,
+            &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", quote_literal(user)),
+        )?;
+        if exists.rows().is_empty() {
+            sql(
+                &mut instance,
+                &format!("CREATE ROLE {} SUPERUSER LOGIN", quote_identifier(user)),
+            )?;
+        }
+    }
+    if database != "postgres" {
+        let exists = sql(
+            &mut instance,
+            &format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                quote_literal(database)
+            ),
+        )?;
+        if exists.rows().is_empty() {
+            sql(
+                &mut instance,
+                &format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    quote_identifier(database),
+                    quote_identifier(user)
+                ),
+            )?;
+        }
+        // A backend is bound to one database: reboot into it, on the same filesystem.
+        instance.shutdown().map_err(|e| boot_error(e, log))?;
+        let vfs = instance.into_vfs();
+        instance = PgInstance::instantiate(runtime, vfs, environ())
+            .and_then(|mut i| i.boot(target_argv).map(|()| i))
+            .map_err(|e| boot_error(e, log))?;
+    }
+    if user != "postgres" {
+        sql(
+            &mut instance,
+            &format!("SET SESSION AUTHORIZATION {}", quote_identifier(user)),
+        )?;
+    }
+    Ok(instance)
+}
+
+/// Quotes `name` as an SQL identifier.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes `value` as an SQL string literal.
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 fn boot_error(e: CallError, log: &ServerLog) -> BackendError {

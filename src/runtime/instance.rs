@@ -214,6 +214,14 @@ impl PgInstance {
         result
     }
 
+    /// The instance's filesystem, taken out of it (after [`shutdown`](Self::shutdown)), to boot a
+    /// new instance on.
+    pub fn into_vfs(mut self) -> Vfs {
+        let mut vfs = std::mem::take(&mut self.store.data_mut().vfs);
+        vfs.start_new_process();
+        vfs
+    }
+
     /// The flag that cancels the running statement when set (see `HostState::deliver_cancel`).
     pub fn cancel_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
         self.store.data().cancel.clone()

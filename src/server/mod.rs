@@ -148,7 +148,10 @@ impl ServerBuilder {
     /// assert_ne!(server.port(), 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn start(self, mut backend: Backend) -> Result<Server, ServerError> {
+    pub fn start(mut self, mut backend: Backend) -> Result<Server, ServerError> {
+        // The instance's user and database are the backend's.
+        self.user = backend.user().to_owned();
+        self.database = backend.database().to_owned();
         // What every client is told at startup (server_version, encodings, DateStyle, ...).
         let mut startup = bytes::BytesMut::new();
         postgres_protocol::message::frontend::startup_message(

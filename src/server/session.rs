@@ -101,15 +101,7 @@ pub(crate) fn is_server_default(name: &str, value: &str) -> bool {
     }
 }
 
-/// Quotes `name` as an SQL identifier.
-pub(crate) fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes `value` as an SQL string literal.
-pub(crate) fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
+pub(crate) use crate::backend::{quote_identifier, quote_literal};
 
 /// Splits a backend reply into the part for the client and its NotificationResponse messages,
 /// each with its channel.

@@ -303,6 +303,23 @@ impl Vfs {
         }
     }
 
+    /// Makes the filesystem ready for a new process, as after [`Vfs::new`]: every fd closed, the
+    /// standard streams open as 0, 1 and 2, the working directory `/`, the umask 0o022. Files,
+    /// mounts and output sinks stay.
+    pub fn start_new_process(&mut self) {
+        self.close_all();
+        for (path, access) in [
+            (&b"/dev/stdin"[..], O_RDONLY),
+            (b"/dev/stdout", O_WRONLY),
+            (b"/dev/stderr", O_WRONLY),
+        ] {
+            self.openat(AT_FDCWD, path, access, 0)
+                .expect("standard streams open as 0, 1, 2");
+        }
+        self.chdir(b"/").expect("the root exists");
+        self.umask(0o022);
+    }
+
     /// Sets the file creation mask and returns the previous one.
     pub fn umask(&mut self, mask: u32) -> u32 {
         std::mem::replace(&mut self.umask, mask & 0o777)
