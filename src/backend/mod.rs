@@ -297,9 +297,13 @@ impl std::fmt::Debug for Backend {
 
 /// What the handle asks of the backend thread.
 enum Command {
-    Exec(Vec<u8>, Option<MoreInput>),
-    /// An exec whose reply goes to an async caller.
-    ExecAsync(Vec<u8>, Option<MoreInput>, tokio::sync::oneshot::Sender<Reply>),
+    /// Messages to run, a source of further input, and where an async caller awaits the reply
+    /// (`None`: the handoff's own reply slot).
+    Exec(
+        Vec<u8>,
+        Option<MoreInput>,
+        Option<tokio::sync::oneshot::Sender<Reply>>,
+    ),
     Startup(Vec<u8>),
     InTransaction,
     MemorySize,
@@ -450,72 +454,63 @@ impl Backend {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn exec(&mut self, messages: &[u8]) -> Result<Vec<u8>, BackendError> {
-        self.exec_with_input(messages, None)
-    }
-
-    /// Like [`exec`](Self::exec), for a front end that relays a client: when the backend needs
-    /// more input than `messages` (COPY FROM STDIN, whose data the client sends only after the
-    /// CopyInResponse), `more_input` is called with the reply bytes produced so far — deliver them
-    /// to the client — and returns the client's next complete messages, or `None` to end the
-    /// COPY with an error. It runs on the backend's thread.
-    pub(crate) fn exec_with_input(
-        &mut self,
-        messages: &[u8],
-        more_input: Option<MoreInput>,
-    ) -> Result<Vec<u8>, BackendError> {
-        if let Some(reason) = &self.dead {
-            return Err(BackendError::Dead {
-                reason: reason.clone(),
-            });
-        }
         if messages.first() == Some(&0) {
+            self.check_alive()?;
             return match protocol::startup_packet(messages)? {
                 StartupPacket::SslRequest | StartupPacket::GssEncRequest => Ok(b"N".to_vec()),
                 StartupPacket::CancelRequest => Ok(Vec::new()),
                 StartupPacket::Startup => self.round_trip(Command::Startup(messages.to_vec())),
             };
         }
-        let frames = protocol::frames(messages)?;
-        let end = frames
-            .iter()
-            .find(|f| f.tag == b'X')
-            .map_or(messages.len(), |f| f.start);
-        if end == 0 {
-            return Ok(Vec::new());
+        match self.runnable(messages)? {
+            Some(runnable) => self.round_trip(Command::Exec(runnable.to_vec(), None, None)),
+            None => Ok(Vec::new()),
         }
-        self.round_trip(Command::Exec(messages[..end].to_vec(), more_input))
     }
 
-    /// [`exec_with_input`](Self::exec_with_input) for async callers: the calling task waits
-    /// without blocking its thread.
+    /// [`exec`](Self::exec) for a front end that relays a client from async code: the calling
+    /// task waits without blocking its thread, and when the backend needs more input than
+    /// `messages` (COPY FROM STDIN, whose data the client sends only after the CopyInResponse),
+    /// `more_input` is called on the backend's thread with the reply bytes produced so far —
+    /// deliver them to the client — and returns the client's next complete messages, or `None`
+    /// to end the COPY with an error.
     pub(crate) async fn exec_async(
         &mut self,
         messages: &[u8],
         more_input: Option<MoreInput>,
     ) -> Result<Vec<u8>, BackendError> {
-        if let Some(reason) = &self.dead {
-            return Err(BackendError::Dead {
-                reason: reason.clone(),
-            });
-        }
-        let frames = protocol::frames(messages)?;
-        let end = frames
-            .iter()
-            .find(|f| f.tag == b'X')
-            .map_or(messages.len(), |f| f.start);
-        if end == 0 {
+        let Some(runnable) = self.runnable(messages)? else {
             return Ok(Vec::new());
-        }
+        };
+        let runnable = runnable.to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let reply = if self
-            .commands
-            .send(Command::ExecAsync(messages[..end].to_vec(), more_input, tx))
-        {
+        let reply = if self.commands.send(Command::Exec(runnable, more_input, Some(tx))) {
             rx.await.ok()
         } else {
             None
         };
         self.settle(reply)
+    }
+
+    fn check_alive(&self) -> Result<(), BackendError> {
+        match &self.dead {
+            Some(reason) => Err(BackendError::Dead {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The part of `messages` to run: they must be complete frontend messages of known types;
+    /// a Terminate and anything after it are dropped. `None` when nothing is left to run.
+    fn runnable<'m>(&self, messages: &'m [u8]) -> Result<Option<&'m [u8]>, BackendError> {
+        self.check_alive()?;
+        let frames = protocol::frames(messages)?;
+        let end = frames
+            .iter()
+            .find(|f| f.tag == b'X')
+            .map_or(messages.len(), |f| f.start);
+        Ok((end > 0).then(|| &messages[..end]))
     }
 
     fn round_trip(&mut self, command: Command) -> Result<Vec<u8>, BackendError> {
@@ -560,11 +555,7 @@ impl Backend {
 
     /// Whether a transaction block is open (the session is not idle).
     pub fn in_transaction(&mut self) -> Result<bool, BackendError> {
-        if let Some(reason) = &self.dead {
-            return Err(BackendError::Dead {
-                reason: reason.clone(),
-            });
-        }
+        self.check_alive()?;
         match self.commands.call(Command::InTransaction) {
             Some(Reply::InTransaction(Ok(open))) => Ok(open),
             Some(Reply::InTransaction(Err(e))) => {
@@ -720,32 +711,28 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
     let mut dead = false;
     while let Some(command) = commands.recv() {
         let reply = match command {
-            Command::ExecAsync(_, _, reply) if dead => {
-                let _ = reply.send(Reply::Output(
-                    Vec::new(),
-                    Err(CallError::Trap("the backend is dead".into())),
-                ));
-                continue;
-            }
-            Command::ExecAsync(bytes, more_input, reply) => {
-                let (output, result) = instance.exec(&bytes, more_input);
-                if let Err(e) = &result {
+            Command::Exec(bytes, more_input, reply_to) => {
+                let (output, result) = if dead {
+                    (Vec::new(), Err(CallError::Trap("the backend is dead".into())))
+                } else {
+                    instance.exec(&bytes, more_input)
+                };
+                if let Err(e) = &result
+                    && !dead
+                {
                     dead = true;
                     tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
                 }
-                let _ = reply.send(Reply::Output(output, result));
-                continue;
+                match reply_to {
+                    Some(reply_to) => {
+                        let _ = reply_to.send(Reply::Output(output, result));
+                        continue;
+                    }
+                    None => Reply::Output(output, result),
+                }
             }
-            Command::Exec(..) | Command::Startup(_) if dead => {
+            Command::Startup(_) if dead => {
                 Reply::Output(Vec::new(), Err(CallError::Trap("the backend is dead".into())))
-            }
-            Command::Exec(bytes, more_input) => {
-                let (output, result) = instance.exec(&bytes, more_input);
-                if let Err(e) = &result {
-                    dead = true;
-                    tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
-                }
-                Reply::Output(output, result)
             }
             Command::Startup(bytes) => {
                 let (output, result) = instance.startup(&bytes);

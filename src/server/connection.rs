@@ -358,7 +358,7 @@ impl Connection {
     /// Routes notifications out of `reply`, records LISTEN/UNLISTEN and SET effects, and
     /// returns what is left for this client.
     async fn after_exec(&mut self, reply: Vec<u8>) -> Vec<u8> {
-        let (kept, notes) = session::take_notifications(&reply);
+        let (kept, notes) = session::take_notifications(reply);
         self.shared.deliver(notes);
         if session::changes_settings(&kept) {
             self.shared.settings().dirty = true;
@@ -451,7 +451,7 @@ impl Connection {
         let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
         let backend = self.owner.as_mut().expect("owned");
         let reply = backend.exec_async(&msg, None).await?;
-        let (kept, notes) = session::take_notifications(&reply);
+        let (kept, notes) = session::take_notifications(reply);
         self.shared.deliver(notes);
         Ok(kept)
     }

@@ -105,7 +105,11 @@ pub(crate) use crate::backend::{quote_identifier, quote_literal};
 
 /// Splits a backend reply into the part for the client and its NotificationResponse messages,
 /// each with its channel.
-pub(crate) fn take_notifications(reply: &[u8]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+pub(crate) fn take_notifications(reply: Vec<u8>) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    // Most replies carry none: hand them back without copying.
+    if !has_message(&reply, b'A') {
+        return (reply, Vec::new());
+    }
     let mut kept = Vec::with_capacity(reply.len());
     let mut notifications = Vec::new();
     let mut at = 0;
@@ -129,6 +133,18 @@ pub(crate) fn take_notifications(reply: &[u8]) -> (Vec<u8>, Vec<(String, Vec<u8>
     }
     kept.extend_from_slice(&reply[at..]);
     (kept, notifications)
+}
+
+/// Whether `reply` contains a message of type `tag`.
+fn has_message(reply: &[u8], tag: u8) -> bool {
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        if reply[at] == tag {
+            return true;
+        }
+        at += 1 + u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+    }
+    false
 }
 
 /// Whether a reply reports a statement that changes session settings.
@@ -178,7 +194,7 @@ mod tests {
         reply.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         reply.extend_from_slice(&body);
         reply.extend_from_slice(b"Z\0\0\0\x05I");
-        let (kept, notifications) = take_notifications(&reply);
+        let (kept, notifications) = take_notifications(reply);
         assert_eq!(kept, b"C\0\0\0\x0bNOTIFY\0Z\0\0\0\x05I");
         assert_eq!(notifications.len(), 1);
         assert_eq!(notifications[0].0, "jobs");
