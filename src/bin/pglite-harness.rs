@@ -1,0 +1,2 @@
+//! The `pglite-harness` command line (placeholder until the CLI lands).
+fn main() {}
