@@ -34,7 +34,7 @@ pub(crate) mod vfs;
 pub use assets::extension_bundle_names;
 pub use backend::{
     Backend, BackendBuilder, BackendError, CancelHandle, DataDir, LOCK_FILE, Notification, ProtocolError,
-    ServerMessage, SimpleQueryOutput, StatementResult,
+    ServerMessage, SimpleQueryOutput, Snapshot, StatementResult,
 };
 pub use server::{Server, ServerBuilder, ServerError};
 pub use vfs::Durability;

@@ -30,8 +30,11 @@ pub use datadir::{DataDir, LOCK_FILE};
 pub use protocol::ProtocolError;
 pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
 
+
 use crate::assets;
-use crate::runtime::{BACKEND_THREAD_STACK, CallError, MoreInput, PgInstance, Runtime, RuntimeError};
+use crate::runtime::{
+    BACKEND_THREAD_STACK, CallError, InstanceSnapshot, MoreInput, PgInstance, Runtime, RuntimeError,
+};
 use crate::vfs::{Durability, Vfs};
 use log::ServerLog;
 use protocol::StartupPacket;
@@ -104,6 +107,9 @@ pub enum BackendError {
     /// The clean shutdown failed; the data directory will be recovered on next open.
     #[error("shutdown failed: {0}")]
     Shutdown(String),
+    /// The backend cannot be snapshotted; the reason says why.
+    #[error("cannot snapshot the backend: {0}")]
+    Snapshot(String),
     /// An I/O error outside the data directory.
     #[error("{context}: {source}")]
     Io {
@@ -309,6 +315,7 @@ enum Command {
     MemorySize,
     SetBlob(Vec<u8>),
     TakeBlob,
+    Snapshot,
     Close,
 }
 
@@ -318,6 +325,7 @@ enum Reply {
     InTransaction(Result<bool, CallError>),
     MemorySize(usize),
     Blob(Vec<u8>),
+    Snapshot(Result<InstanceSnapshot, CallError>),
     Done(Result<(), CallError>),
 }
 
@@ -374,22 +382,33 @@ impl Backend {
             }
         }
         let log = ServerLog::new();
-        for fd in [1, 2] {
-            let log = log.clone();
-            vfs.set_output_sink(fd, Arc::new(move |bytes: &[u8]| log.write(bytes)));
-        }
+        install_log(&mut vfs, &log);
+        let identity = (builder.user, builder.database, builder.data_dir);
+        Backend::spawn(runtime, identity, lock, log, started, move |log| {
+            PgInstance::instantiate(runtime, vfs, environ())
+                .and_then(|mut i| i.boot(&argv).map(|()| i))
+                .map_err(|e| boot_error(e, log))
+                .and_then(|i| become_user_and_database(runtime, i, &user, &database, &target_argv, log))
+        })
+    }
 
+    /// Starts the backend thread: `start` makes the instance on it, then the thread serves
+    /// commands until closed.
+    fn spawn(
+        runtime: &'static Runtime,
+        (user, database, data_dir): (String, String, DataDir),
+        lock: Option<datadir::DataDirLock>,
+        log: Arc<ServerLog>,
+        started: Instant,
+        start: impl FnOnce(&Arc<ServerLog>) -> Result<PgInstance, BackendError> + Send + 'static,
+    ) -> Result<Backend, BackendError> {
         let (commands, receiver) = handoff::pair();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("pglite-backend".into())
             .stack_size(BACKEND_THREAD_STACK)
             .spawn(move || {
-                let booted = PgInstance::instantiate(runtime, vfs, environ())
-                    .and_then(|mut i| i.boot(&argv).map(|()| i))
-                    .map_err(|e| boot_error(e, &log))
-                    .and_then(|i| become_user_and_database(runtime, i, &user, &database, &target_argv, &log));
-                let mut instance = match booted {
+                let mut instance = match start(&log) {
                     Ok(instance) => instance,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -421,18 +440,69 @@ impl Backend {
             }
         };
         Ok(Backend {
-            user: builder.user,
-            database: builder.database,
+            user,
+            database,
             commands,
             cancel: CancelHandle {
                 flag: cancel_flag,
                 runtime,
             },
             thread: Some(thread),
-            data_dir: builder.data_dir,
+            data_dir,
             dead: None,
             boot_time: started.elapsed(),
         })
+    }
+
+    /// Freezes this backend — its memory, its session, its in-memory data — into a
+    /// [`Snapshot`] that new, fully independent backends start from in about a millisecond
+    /// instead of booting. This is how test fixtures give every test a fresh database: boot once,
+    /// apply the schema, snapshot, then [`Snapshot::open`] per test.
+    ///
+    /// The backend must be in memory (`memory://`), idle (outside a transaction block), and must
+    /// not have loaded a library yet (PL/pgSQL runs or `CREATE EXTENSION` of an extension with a
+    /// shared library): those cases are refused with [`BackendError::Snapshot`]. The backend
+    /// itself carries on unchanged.
+    ///
+    /// ```no_run
+    /// use pglite_harness::Backend;
+    ///
+    /// let mut template = Backend::builder().open()?;
+    /// template.simple_query("CREATE TABLE users(id int PRIMARY KEY, name text)")?;
+    /// let snapshot = template.snapshot()?;
+    /// let mut a = snapshot.open()?;
+    /// let mut b = snapshot.open()?;
+    /// a.simple_query("INSERT INTO users VALUES (1, 'ada')")?;
+    /// assert_eq!(b.simple_query("SELECT count(*) FROM users")?.scalar(), Some("0"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn snapshot(&mut self) -> Result<Snapshot, BackendError> {
+        self.check_alive()?;
+        if self.data_dir != DataDir::Memory {
+            return Err(BackendError::Snapshot(
+                "only a memory:// backend can be snapshotted (its data directory is on disk)".into(),
+            ));
+        }
+        if self.in_transaction()? {
+            return Err(BackendError::Snapshot(
+                "the backend is inside a transaction block; COMMIT or ROLLBACK first".into(),
+            ));
+        }
+        match self.commands.call(Command::Snapshot) {
+            Some(Reply::Snapshot(Ok(instance))) => Ok(Snapshot {
+                inner: Arc::new(SnapshotInner {
+                    instance,
+                    user: self.user.clone(),
+                    database: self.database.clone(),
+                }),
+            }),
+            Some(Reply::Snapshot(Err(e))) => Err(BackendError::Snapshot(e.to_string())),
+            _ => {
+                let reason = "the backend thread is gone".to_owned();
+                self.dead = Some(reason.clone());
+                Err(BackendError::Dead { reason })
+            }
+        }
     }
 
     /// Executes complete frontend messages (simple or extended protocol, COPY data included) and
@@ -668,6 +738,72 @@ impl Drop for Backend {
     }
 }
 
+/// A booted backend frozen in time (see [`Backend::snapshot`]); cheap to clone and to share
+/// between threads. Each [`open`](Snapshot::open) starts a new independent backend from it: its
+/// linear memory mapped copy-on-write from the snapshot, its in-memory files shared until
+/// written.
+#[derive(Clone)]
+pub struct Snapshot {
+    inner: Arc<SnapshotInner>,
+}
+
+struct SnapshotInner {
+    instance: InstanceSnapshot,
+    user: String,
+    database: String,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("user", &self.inner.user)
+            .field("database", &self.inner.database)
+            .field("memory_size", &self.inner.instance.memory_size())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Starts a new backend from the snapshot: same data, same session (user, database,
+    /// settings), nothing shared with any other backend.
+    ///
+    /// ```no_run
+    /// let snapshot = pglite_harness::Backend::builder().open()?.snapshot()?;
+    /// let mut fresh = snapshot.open()?;
+    /// assert_eq!(fresh.simple_query("SELECT 1")?.scalar(), Some("1"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn open(&self) -> Result<Backend, BackendError> {
+        let started = Instant::now();
+        let runtime = Runtime::global()?;
+        let inner = self.inner.clone();
+        let identity = (inner.user.clone(), inner.database.clone(), DataDir::Memory);
+        Backend::spawn(runtime, identity, None, ServerLog::new(), started, move |log| {
+            let mut vfs = inner.instance.fork_vfs().map_err(|e| boot_error(e, log))?;
+            install_log(&mut vfs, log);
+            PgInstance::restore(runtime, &inner.instance, vfs).map_err(|e| boot_error(e, log))
+        })
+    }
+
+    /// The role the snapshot's session runs as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// The database the snapshot's session is connected to.
+    pub fn database(&self) -> &str {
+        &self.inner.database
+    }
+}
+
+/// Sends the instance's stdout and stderr (Postgres' server log) to `log`.
+fn install_log(vfs: &mut Vfs, log: &Arc<ServerLog>) {
+    for fd in [1, 2] {
+        let log = log.clone();
+        vfs.set_output_sink(fd, Arc::new(move |bytes: &[u8]| log.write(bytes)));
+    }
+}
+
 /// Cancels the statement a [`Backend`] is running, like a CancelRequest to a real server: the
 /// statement ends with error 57014 (`canceling statement due to user request`) and the backend
 /// keeps serving. Without a running statement, the next one that checks for interrupts is
@@ -746,6 +882,8 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
                 Reply::Done(Ok(()))
             }
             Command::TakeBlob => Reply::Blob(instance.vfs_mut().take_blob_output()),
+            Command::Snapshot if dead => Reply::Snapshot(Err(CallError::Trap("the backend is dead".into()))),
+            Command::Snapshot => Reply::Snapshot(instance.snapshot()),
             Command::Close => {
                 let result = if dead { Ok(()) } else { instance.shutdown() };
                 commands.reply(Reply::Done(result));

@@ -47,6 +47,13 @@ struct Library {
     memory_base: u32,
 }
 
+impl Dylinker {
+    /// Whether any side module has been loaded.
+    pub fn has_libraries(&self) -> bool {
+        !self.libraries.is_empty()
+    }
+}
+
 /// The memory and table needs of a side module, from its `dylink.0` section.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct DylinkInfo {

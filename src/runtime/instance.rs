@@ -1,9 +1,14 @@
 //! One PGlite instance in its own wasmtime store: the boot sequence, message execution and
 //! shutdown of §3.5, §4 and §9 of the ABI notes, single-threaded and synchronous.
 
-use wasmtime::{Caller, Func, Ref, Store, TypedFunc, WasmParams, WasmResults};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::{Caller, Func, Global, Ref, Store, TypedFunc, Val, WasmParams, WasmResults};
 
 use super::imports::with_memory;
+use super::memory::{self, MemoryImage};
+use super::rewrite::{GLOBAL_EXPORT_PREFIX, START_EXPORT};
 use super::sjlj::ProcessExit;
 use super::state::{Exports, HostState, MoreInput};
 use super::{Runtime, guest};
@@ -55,18 +60,170 @@ struct Entry {
     send_conn_data: TypedFunc<(), ()>,
     fopen: TypedFunc<(i32, i32), i32>,
     fclose: TypedFunc<i32, i32>,
+    /// The module's former start function (zeroes the bss of a fresh memory).
+    harness_start: TypedFunc<(), ()>,
 }
 
 /// A PGlite instance: a store with the main module instantiated and its host state.
 pub(crate) struct PgInstance {
     store: Store<HostState>,
     entry: Entry,
+    /// The mutable globals, by global index (exported by the rewrite).
+    globals: Vec<(u32, Global)>,
+    /// Table slots of the host callbacks, in the order they were added.
+    callback_slots: Vec<u32>,
+}
+
+/// A booted, idle instance frozen: what [`PgInstance::restore`] starts a new instance from.
+///
+/// Only instances that have loaded no side module and whose filesystem is all in memory can be
+/// frozen (a side module's functions live in the table and its instance, which cannot be copied
+/// between stores).
+pub(crate) struct InstanceSnapshot {
+    memory: Arc<MemoryImage>,
+    memory_size: usize,
+    globals: Vec<(u32, GlobalValue)>,
+    callback_slots: Vec<u32>,
+    table_size: u64,
+    /// The filesystem, forked for each restore (a mutex only because `Vfs` is not `Sync`).
+    vfs: Mutex<Vfs>,
+    environ: Vec<Vec<u8>>,
+    monotonic: Duration,
+}
+
+impl std::fmt::Debug for InstanceSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSnapshot")
+            .field("memory_size", &self.memory_size)
+            .field("table_size", &self.table_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceSnapshot {
+    /// A new copy of the frozen filesystem.
+    pub fn fork_vfs(&self) -> Result<Vfs, CallError> {
+        self.vfs
+            .lock()
+            .map_err(|_| CallError::Trap("the snapshot's filesystem lock is poisoned".into()))?
+            .fork()
+            .map_err(|e| CallError::Trap(format!("cannot copy the snapshot's filesystem: {e}")))
+    }
+
+    /// The size of the linear memory when the snapshot was taken.
+    pub fn memory_size(&self) -> usize {
+        self.memory_size
+    }
+}
+
+/// The value of a mutable global, independent of any store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GlobalValue {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+}
+
+impl GlobalValue {
+    fn of(val: Val) -> Result<GlobalValue, CallError> {
+        Ok(match val {
+            Val::I32(v) => GlobalValue::I32(v),
+            Val::I64(v) => GlobalValue::I64(v),
+            Val::F32(v) => GlobalValue::F32(v),
+            Val::F64(v) => GlobalValue::F64(v),
+            other => return Err(CallError::Trap(format!("a mutable global of type {:?}", other))),
+        })
+    }
+
+    fn val(self) -> Val {
+        match self {
+            GlobalValue::I32(v) => Val::I32(v),
+            GlobalValue::I64(v) => Val::I64(v),
+            GlobalValue::F32(v) => Val::F32(v),
+            GlobalValue::F64(v) => Val::F64(v),
+        }
+    }
 }
 
 impl PgInstance {
-    /// Instantiates the module (its start function runs) over `vfs` with `environ`.
+    /// Instantiates the module over `vfs` with `environ`, its memory holding the module's data
+    /// segments, and runs its former start function.
     pub fn instantiate(runtime: &Runtime, vfs: Vfs, environ: Vec<Vec<u8>>) -> Result<Self, CallError> {
-        let mut store = Store::new(runtime.engine(), HostState::new(vfs, environ));
+        let mut instance = Self::instantiate_from(runtime, HostState::new(vfs, environ), runtime.initial_image())?;
+        instance.call(instance.entry.harness_start.clone(), ())?;
+        Ok(instance)
+    }
+
+    /// Starts a new instance from `snapshot`: its memory mapped copy-on-write from the snapshot's
+    /// image, its globals and table as they were, its filesystem `vfs` (a fork of the snapshot's).
+    pub fn restore(runtime: &Runtime, snapshot: &InstanceSnapshot, vfs: Vfs) -> Result<Self, CallError> {
+        let mut state = HostState::new(vfs, snapshot.environ.clone());
+        // The guest's monotonic clock carries on from where the snapshot's was.
+        state.monotonic_skip = snapshot.monotonic;
+        let mut instance = Self::instantiate_from(runtime, state, &snapshot.memory)?;
+        let memory = instance.store.data().exports().memory;
+        let pages = (snapshot.memory_size - memory.data_size(&instance.store)) as u64 / WASM_PAGE;
+        memory.grow(&mut instance.store, pages).map_err(trap)?;
+        for &(index, value) in &snapshot.globals {
+            let global = instance
+                .globals
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, g)| *g)
+                .ok_or_else(|| CallError::Trap(format!("the snapshot has global {index}, the module has not")))?;
+            global.set(&mut instance.store, value.val()).map_err(trap)?;
+        }
+        let slots = instance.add_callbacks()?;
+        let table_size = instance.store.data().exports().table.size(&instance.store);
+        if slots != snapshot.callback_slots || table_size != snapshot.table_size {
+            return Err(CallError::Trap(format!(
+                "the restored table differs from the snapshot's (callbacks at {slots:?}, size {table_size}; \
+                 expected {:?}, {})",
+                snapshot.callback_slots, snapshot.table_size
+            )));
+        }
+        instance.callback_slots = slots;
+        Ok(instance)
+    }
+
+    /// Freezes this idle instance (between calls, so no wasm frame is live) into a snapshot.
+    pub fn snapshot(&mut self) -> Result<InstanceSnapshot, CallError> {
+        let state = self.store.data();
+        if state.dylinker.has_libraries() {
+            return Err(CallError::Trap(
+                "a side module (PL/pgSQL or an extension library) is loaded; snapshots are taken before any".into(),
+            ));
+        }
+        let vfs = state
+            .vfs
+            .fork()
+            .map_err(|e| CallError::Trap(format!("only an in-memory filesystem can be frozen ({e})")))?;
+        let (environ, monotonic) = (state.environ.clone(), state.monotonic());
+        let exports = state.exports().clone();
+        let memory_bytes = exports.memory.data(&self.store);
+        let memory_size = memory_bytes.len();
+        let memory = MemoryImage::from_memory(memory_bytes)
+            .map_err(|e| CallError::Trap(format!("cannot write the memory snapshot: {e}")))?;
+        let globals = self
+            .globals
+            .iter()
+            .map(|(index, global)| Ok((*index, GlobalValue::of(global.get(&mut self.store))?)))
+            .collect::<Result<Vec<_>, CallError>>()?;
+        Ok(InstanceSnapshot {
+            memory: Arc::new(memory),
+            memory_size,
+            globals,
+            callback_slots: self.callback_slots.clone(),
+            table_size: exports.table.size(&self.store),
+            vfs: Mutex::new(vfs),
+            environ,
+            monotonic,
+        })
+    }
+
+    fn instantiate_from(runtime: &Runtime, state: HostState, image: &Arc<MemoryImage>) -> Result<Self, CallError> {
+        let mut store = Store::new(runtime.engine(), state);
         // A cancel request bumps the engine's epoch; running wasm then calls back here, and the
         // request is delivered to Postgres' interrupt flags.
         store.set_epoch_deadline(1);
@@ -77,10 +234,10 @@ impl PgInstance {
             }
             Ok(wasmtime::UpdateDeadline::Continue(1))
         });
-        let instance = runtime.instance_pre().instantiate(&mut store).map_err(trap)?;
+        let instance = memory::with_image(image, || runtime.instance_pre().instantiate(&mut store)).map_err(trap)?;
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
-            ($name:literal) => {
+            ($name:expr) => {
                 instance
                     .get_typed_func(&mut store, $name)
                     .map_err(|_| missing($name))?
@@ -127,9 +284,22 @@ impl PgInstance {
             send_conn_data: func!("pgl_sendConnData"),
             fopen: func!("fopen"),
             fclose: func!("fclose"),
+            harness_start: func!(START_EXPORT),
         };
+        let globals = instance
+            .exports(&mut store)
+            .filter_map(|export| {
+                let index = export.name().strip_prefix(GLOBAL_EXPORT_PREFIX)?.parse().ok()?;
+                Some((index, export.into_global()?))
+            })
+            .collect();
         store.data_mut().exports = Some(exports);
-        Ok(Self { store, entry })
+        Ok(Self {
+            store,
+            entry,
+            globals,
+            callback_slots: Vec::new(),
+        })
     }
 
     /// Runs the boot sequence of §3.5 up to a ready backend: ctors, callbacks, `main(argv)`
@@ -257,6 +427,21 @@ impl PgInstance {
 
     /// Registers the protocol read/write callbacks and the subprocess hooks (§3.1 step 7).
     fn install_callbacks(&mut self) -> Result<(), CallError> {
+        let slots = self.add_callbacks()?;
+        let &[read, write, system, popen, pclose] = slots.as_slice() else {
+            unreachable!("five callbacks")
+        };
+        self.callback_slots = slots;
+        let slot = |s: u32| s as i32;
+        self.call(self.entry.set_rw_cbs.clone(), (slot(read), slot(write)))?;
+        self.call(self.entry.set_system_fn.clone(), slot(system))?;
+        self.call(self.entry.set_popen_fn.clone(), slot(popen))?;
+        self.call(self.entry.set_pclose_fn.clone(), slot(pclose))
+    }
+
+    /// Adds the host callbacks to the table: read, write, system, popen, pclose. Returns their
+    /// slots.
+    fn add_callbacks(&mut self) -> Result<Vec<u32>, CallError> {
         let read = Func::wrap(
             &mut self.store,
             |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
@@ -352,23 +537,15 @@ impl PgInstance {
             },
         );
         let table = self.store.data().exports().table;
-        let mut slot = |f: Func| -> Result<i32, CallError> {
-            table
-                .grow(&mut self.store, 1, Ref::Func(Some(f)))
-                .map(|i| i as i32)
-                .map_err(trap)
-        };
-        let (read, write, system, popen, pclose) = (
-            slot(read)?,
-            slot(write)?,
-            slot(system)?,
-            slot(popen)?,
-            slot(pclose)?,
-        );
-        self.call(self.entry.set_rw_cbs.clone(), (read, write))?;
-        self.call(self.entry.set_system_fn.clone(), system)?;
-        self.call(self.entry.set_popen_fn.clone(), popen)?;
-        self.call(self.entry.set_pclose_fn.clone(), pclose)
+        [read, write, system, popen, pclose]
+            .into_iter()
+            .map(|f| {
+                table
+                    .grow(&mut self.store, 1, Ref::Func(Some(f)))
+                    .map(|i| i as u32)
+                    .map_err(trap)
+            })
+            .collect()
     }
 
     /// Writes `argv` (strings and pointer array) on the C stack; returns (argc, argv).
@@ -391,6 +568,9 @@ impl PgInstance {
         Ok((argv.len() as i32, array))
     }
 }
+
+/// Bytes in a wasm page.
+const WASM_PAGE: u64 = 64 << 10;
 
 /// A CopyFail message ('f') sent in place of COPY data the exec did not carry.
 const COPY_FAIL_MISSING_DATA: &[u8] =

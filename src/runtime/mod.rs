@@ -9,19 +9,21 @@ mod dylink;
 pub(crate) mod guest;
 mod imports;
 mod instance;
+mod memory;
 mod rewrite;
 pub(crate) mod sjlj;
 mod state;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
 
 pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
-pub(crate) use instance::{CallError, PgInstance};
+pub(crate) use instance::{CallError, InstanceSnapshot, PgInstance};
+pub(crate) use memory::MemoryImage;
 pub use rewrite::RewriteError;
 pub(crate) use state::{HostState, MoreInput};
 
@@ -63,6 +65,8 @@ pub struct Runtime {
     cache: Option<ModuleCache>,
     source: ModuleSource,
     load_time: Duration,
+    /// The memory of a fresh instance: the module's data segments laid out.
+    initial_image: Arc<MemoryImage>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -103,13 +107,13 @@ impl Runtime {
     pub fn new(cache: Option<ModuleCache>) -> Result<Runtime, RuntimeError> {
         let started = Instant::now();
         let engine = Engine::new(&engine_config()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let prepare = || rewrite::define_memory(assets::PGLITE_WASM).map_err(wasmtime::Error::new);
+        let prepare = || rewrite::prepare_main_module(assets::PGLITE_WASM).map_err(wasmtime::Error::new);
         let (module, source) = match &cache {
             Some(cache) => cache
                 .load_or_compile(&engine, "pglite", assets::PGLITE_WASM_SHA256, prepare)
                 .map_err(|e| RuntimeError::Module(format!("{e:#}")))?,
             None => {
-                let wasm = rewrite::define_memory(assets::PGLITE_WASM)?;
+                let wasm = rewrite::prepare_main_module(assets::PGLITE_WASM)?;
                 (
                     Module::new(&engine, wasm).map_err(|e| RuntimeError::Module(format!("{e:#}")))?,
                     ModuleSource::Compiled,
@@ -122,6 +126,16 @@ impl Runtime {
             .map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
         let main_table_slots =
             table_slots(assets::PGLITE_WASM).map_err(|e| RuntimeError::Module(e.to_string()))?;
+        let segments = rewrite::initial_memory_image(assets::PGLITE_WASM)?;
+        let extent = segments
+            .iter()
+            .map(|(at, bytes)| *at as usize + bytes.len())
+            .max()
+            .unwrap_or(0);
+        let initial_image = Arc::new(
+            MemoryImage::from_segments(&segments, extent)
+                .map_err(|e| RuntimeError::Module(format!("cannot lay out the initial memory: {e}")))?,
+        );
         let load_time = started.elapsed();
         tracing::debug!(?source, ?load_time, "PGlite runtime ready");
         Ok(Runtime {
@@ -133,6 +147,7 @@ impl Runtime {
             cache,
             source,
             load_time,
+            initial_image,
         })
     }
 
@@ -149,6 +164,11 @@ impl Runtime {
     /// The engine.
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The memory image a fresh instance starts from.
+    pub(crate) fn initial_image(&self) -> &Arc<MemoryImage> {
+        &self.initial_image
     }
 
     pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
@@ -196,7 +216,10 @@ fn engine_config() -> Config {
         // Postgres' errors unwind through longjmp (a host error); capturing wasm backtraces for
         // each would multiply their cost.
         .wasm_backtrace_max_frames(None)
-        .memory_guaranteed_dense_image_size(1 << 30)
+        // Memories start from images this crate maps itself (see `memory`): a fresh boot from the
+        // data segments, a clone from a snapshot.
+        .with_host_memory(Arc::new(memory::ImageMemoryCreator))
+        .memory_init_cow(false)
         // Lets a cancel request reach a statement that computes without calling the host.
         .epoch_interruption(true);
     config

@@ -1,17 +1,31 @@
-//! Rewrites `pglite.wasm` so that its linear memory is defined by the module instead of imported.
+//! Rewrites `pglite.wasm` for this host:
 //!
-//! With an imported memory every store needs its own `Memory`, linker and `InstancePre`, and
-//! wasmtime copies the 2.5 MB of data segments into each instance (~2.6 ms). With the memory
-//! defined (and exported as `memory`, where side modules find it), one `InstancePre` serves every
-//! store and wasmtime maps the data segments copy-on-write from the compiled artifact.
-//! Function, table and global indices are unchanged: only the memory import moves into a memory
-//! section.
+//! * its linear memory is defined by the module instead of imported. With an imported memory
+//!   every store needs its own `Memory`, linker and `InstancePre`; with the memory defined (and
+//!   exported as `memory`, where side modules find it), one `InstancePre` serves every store;
+//! * its active data segments become passive and its start function (which zeroes the bss) is
+//!   no longer run at instantiation but exported as [`START_EXPORT`]: the initial contents of the
+//!   memory come from a memory image the host maps copy-on-write (`super::memory`), either the
+//!   data segments laid out ([`initial_memory_image`]) or the snapshot of a booted instance, which
+//!   instantiation must not overwrite;
+//! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
+//!   restore them (3 of the 4 are otherwise hidden).
+//!
+//! Function, table, global and data indices are unchanged.
 
-use wasm_encoder::{ExportKind, ExportSection, ImportSection, MemorySection, MemoryType, RawSection};
-use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+use wasm_encoder::{
+    DataSection, ExportKind, ExportSection, ImportSection, MemorySection, MemoryType, RawSection,
+};
+use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
 /// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 1;
+pub(crate) const REWRITE_VERSION: u32 = 2;
+
+/// The export under which the module's former start function is reachable.
+pub(crate) const START_EXPORT: &str = "__harness_start";
+
+/// Prefix of the exports added for mutable globals (followed by the global's index).
+pub(crate) const GLOBAL_EXPORT_PREFIX: &str = "__harness_global_";
 
 /// Errors of the rewrite: the input is not the module this crate was written for.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +38,60 @@ pub enum RewriteError {
     Unexpected(String),
 }
 
-/// Returns `wasm` with `env.memory` turned into a defined memory exported as `memory`.
-pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
+/// The memory contents the module's active data segments would have produced: `(offset, bytes)`
+/// per segment, in order.
+pub(crate) fn initial_memory_image(wasm: &[u8]) -> Result<Vec<(u32, &[u8])>, RewriteError> {
+    let mut segments = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::DataSection(reader) = payload? {
+            for data in reader {
+                let data = data?;
+                if let DataKind::Active { memory_index: 0, offset_expr } = data.kind {
+                    segments.push((constant_offset(&offset_expr)?, data.data));
+                }
+            }
+        }
+    }
+    Ok(segments)
+}
+
+fn constant_offset(expr: &wasmparser::ConstExpr<'_>) -> Result<u32, RewriteError> {
+    match expr.get_operators_reader().into_iter().next() {
+        Some(Ok(Operator::I32Const { value })) => Ok(value as u32),
+        other => Err(RewriteError::Unexpected(format!(
+            "a data segment at a non-constant offset ({other:?})"
+        ))),
+    }
+}
+
+/// What the first pass learns: the start function and the mutable globals.
+#[derive(Default)]
+struct Shape {
+    start: Option<u32>,
+    mutable_globals: Vec<u32>,
+}
+
+fn shape(wasm: &[u8]) -> Result<Shape, RewriteError> {
+    let mut shape = Shape::default();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::StartSection { func, .. } => shape.start = Some(func),
+            Payload::GlobalSection(reader) => {
+                for (index, global) in reader.into_iter().enumerate() {
+                    if global?.ty.mutable {
+                        shape.mutable_globals.push(index as u32);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
+/// Returns `wasm` rewritten as the module docs say.
+pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    let shape = shape(wasm)?;
     let mut out = wasm_encoder::Module::new();
     let mut memory: Option<MemoryType> = None;
     let mut memory_written = false;
@@ -101,6 +167,31 @@ pub(crate) fn define_memory(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
                 if memory.is_some() {
                     section.export("memory", ExportKind::Memory, 0);
                 }
+                if let Some(start) = shape.start {
+                    section.export(START_EXPORT, ExportKind::Func, start);
+                }
+                for &global in &shape.mutable_globals {
+                    section.export(&format!("{GLOBAL_EXPORT_PREFIX}{global}"), ExportKind::Global, global);
+                }
+                out.section(&section);
+            }
+            // Run by the host on a fresh memory only (see `START_EXPORT`).
+            Payload::StartSection { .. } => {}
+            Payload::DataSection(reader) => {
+                let mut section = DataSection::new();
+                for data in reader {
+                    let data = data?;
+                    match data.kind {
+                        DataKind::Active { memory_index: 0, .. } | DataKind::Passive => {
+                            section.passive(data.data.iter().copied());
+                        }
+                        DataKind::Active { memory_index, .. } => {
+                            return Err(RewriteError::Unexpected(format!(
+                                "a data segment for memory {memory_index}"
+                            )));
+                        }
+                    }
+                }
                 out.section(&section);
             }
             // Custom sections (dylink.0, names) mean nothing to wasmtime.
@@ -125,9 +216,10 @@ mod tests {
 
     #[test]
     fn the_memory_import_becomes_an_exported_definition() {
-        let out = define_memory(crate::assets::PGLITE_WASM).unwrap();
+        let out = prepare_main_module(crate::assets::PGLITE_WASM).unwrap();
         let mut saw_export = false;
         let mut imports = 0;
+        let (mut start_export, mut globals_exported, mut has_start, mut active_segments) = (false, 0, false, 0);
         for payload in Parser::new(0).parse_all(&out) {
             match payload.unwrap() {
                 Payload::ImportSection(reader) => {
@@ -145,16 +237,36 @@ mod tests {
                     assert_eq!((memories[0].initial, memories[0].maximum), (2048, Some(32768)));
                 }
                 Payload::ExportSection(reader) => {
-                    saw_export = reader.into_iter().any(|e| {
+                    for e in reader {
                         let e = e.unwrap();
-                        e.name == "memory" && e.kind == ExternalKind::Memory
-                    });
+                        saw_export |= e.name == "memory" && e.kind == ExternalKind::Memory;
+                        start_export |= e.name == START_EXPORT;
+                        globals_exported += usize::from(e.name.starts_with(GLOBAL_EXPORT_PREFIX));
+                    }
+                }
+                Payload::StartSection { .. } => has_start = true,
+                Payload::DataSection(reader) => {
+                    active_segments += reader
+                        .into_iter()
+                        .filter(|d| matches!(d.as_ref().unwrap().kind, DataKind::Active { .. }))
+                        .count();
                 }
                 _ => {}
             }
         }
         assert!(saw_export);
+        assert!(start_export && globals_exported >= 4, "start and mutable globals are exported");
+        assert!(!has_start && active_segments == 0, "nothing writes memory at instantiation");
         assert_eq!(imports, 135, "every function import is kept");
         wasmparser::Validator::new().validate_all(&out).unwrap();
+    }
+
+    #[test]
+    fn the_initial_image_holds_every_active_segment() {
+        let image = initial_memory_image(crate::assets::PGLITE_WASM).unwrap();
+        assert!(!image.is_empty());
+        let end = image.iter().map(|(at, bytes)| *at as usize + bytes.len()).max().unwrap();
+        // §0 of the ABI notes: the active data segments end at 2,775,535 (exclusive).
+        assert_eq!(end, 2_775_535);
     }
 }

@@ -1,0 +1,80 @@
+//! Snapshots: boot once, start many independent backends from the frozen state.
+
+mod support;
+
+use pglite_harness::{Backend, BackendError};
+use support::{query, scalar};
+
+#[test]
+fn backends_opened_from_one_snapshot_share_nothing() {
+    let mut template = Backend::builder().open().unwrap();
+    query(&mut template, "CREATE TABLE users(id int PRIMARY KEY, name text)");
+    query(&mut template, "INSERT INTO users VALUES (1, 'ada')");
+    let snapshot = template.snapshot().unwrap();
+
+    let mut a = snapshot.open().unwrap();
+    let mut b = snapshot.open().unwrap();
+    query(&mut a, "INSERT INTO users VALUES (2, 'bob')");
+    query(&mut b, "DELETE FROM users");
+    assert_eq!(scalar(&mut a, "SELECT count(*) FROM users"), "2");
+    assert_eq!(scalar(&mut b, "SELECT count(*) FROM users"), "0");
+    assert_eq!(scalar(&mut template, "SELECT count(*) FROM users"), "1", "the template is untouched");
+    let mut c = snapshot.open().unwrap();
+    assert_eq!(scalar(&mut c, "SELECT string_agg(name, ',') FROM users"), "ada");
+    for backend in [a, b, c, template] {
+        backend.close().unwrap();
+    }
+}
+
+#[test]
+fn a_restored_backend_runs_real_work() {
+    let snapshot = Backend::builder().open().unwrap().snapshot().unwrap();
+    let mut db = snapshot.open().unwrap();
+    query(&mut db, "CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    query(&mut db, "INSERT INTO t(v) SELECT md5(g::text) FROM generate_series(1, 20000) g");
+    query(&mut db, "CREATE INDEX ON t(v)");
+    let indexed = "SELECT count(*) FROM t WHERE v > 'a'";
+    let computed = "SELECT count(*) FROM generate_series(1, 20000) g WHERE md5(g::text) > 'a'";
+    assert_eq!(scalar(&mut db, indexed), scalar(&mut db, computed));
+    // PL/pgSQL loads a side module after the restore.
+    query(&mut db, "DO $$ BEGIN PERFORM 1; END $$");
+    let out = db.simple_query("SELECT 1/0").unwrap();
+    assert_eq!(out.error.unwrap().code, "22012", "errors unwind and the backend carries on");
+    assert_eq!(scalar(&mut db, "SELECT 2"), "2");
+    query(&mut db, "CHECKPOINT");
+    db.close().unwrap();
+}
+
+#[test]
+fn the_session_user_and_database_survive_the_snapshot() {
+    let snapshot = Backend::builder()
+        .user("app")
+        .database("shop")
+        .open()
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!((snapshot.user(), snapshot.database()), ("app", "shop"));
+    let mut db = snapshot.open().unwrap();
+    assert_eq!(scalar(&mut db, "SELECT current_user || '@' || current_database()"), "app@shop");
+}
+
+#[test]
+fn snapshots_of_busy_or_loaded_backends_are_refused_with_the_reason() {
+    let mut db = Backend::builder().open().unwrap();
+    query(&mut db, "BEGIN");
+    let err = db.snapshot().unwrap_err();
+    assert!(matches!(err, BackendError::Snapshot(_)), "{err}");
+    assert!(err.to_string().contains("transaction"), "{err}");
+    query(&mut db, "COMMIT");
+
+    query(&mut db, "DO $$ BEGIN PERFORM 1; END $$");
+    let err = db.snapshot().unwrap_err();
+    assert!(err.to_string().contains("side module"), "{err}");
+    assert_eq!(scalar(&mut db, "SELECT 1"), "1", "the backend carries on");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut on_disk = Backend::builder().data_dir(dir.path()).open().unwrap();
+    let err = on_disk.snapshot().unwrap_err();
+    assert!(err.to_string().contains("memory://"), "{err}");
+}
