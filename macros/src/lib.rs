@@ -185,13 +185,10 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> TokenStream2 {
             return quote!(#error #item);
         }
     };
-    let checked = check_signature(&item_fn);
-    match (options, checked) {
+    match (options, check_signature(&item_fn)) {
         (Ok(options), Ok(param)) => generate(&options, &item_fn, param),
-        (options, checked) => {
-            let error = combine(options.err(), checked.err().expect("one of the two failed"));
-            quote!(#error)
-        }
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => error.into_compile_error(),
+        (Err(options), Err(signature)) => combine(Some(options), signature),
     }
 }
 
@@ -286,35 +283,43 @@ fn check_signature(item_fn: &ItemFn) -> syn::Result<&syn::PatType> {
     }
 
     let mut param = None;
-    match sig.inputs.len() {
-        0 => errors.push(syn::Error::new(
-            sig.paren_token.span.join(),
-            "#[pglite_test] functions take one parameter, the database: `(db: PgliteDb)`",
-        )),
-        _ => {
-            for (index, input) in sig.inputs.iter().enumerate() {
-                match input {
-                    FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
-                        receiver,
-                        "#[pglite_test] functions cannot take `self`: write a free function taking `db: PgliteDb`",
-                    )),
-                    FnArg::Typed(_) if index > 0 => errors.push(syn::Error::new_spanned(
+    let mut typed = 0;
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
+                receiver,
+                "#[pglite_test] functions cannot take `self`: write a free function taking `db: PgliteDb`",
+            )),
+            FnArg::Typed(pat_type) => {
+                typed += 1;
+                if typed > 1 {
+                    errors.push(syn::Error::new_spanned(
                         input,
                         "#[pglite_test] functions take exactly one parameter, the database: remove this one",
-                    )),
-                    FnArg::Typed(pat_type) => {
-                        if is_pglite_db(&pat_type.ty) {
-                            param = Some(pat_type);
-                        } else {
-                            errors.push(syn::Error::new_spanned(
-                                &pat_type.ty,
-                                "the parameter of a #[pglite_test] function is the database: its type must be `PgliteDb`",
-                            ));
-                        }
-                    }
+                    ));
+                } else if is_pglite_db(&pat_type.ty) {
+                    param = Some(pat_type);
+                } else if let Type::Reference(reference) = &*pat_type.ty
+                    && is_pglite_db(&reference.elem)
+                {
+                    errors.push(syn::Error::new_spanned(
+                        &pat_type.ty,
+                        "the test owns its database: take it by value, `db: PgliteDb`",
+                    ));
+                } else {
+                    errors.push(syn::Error::new_spanned(
+                        &pat_type.ty,
+                        "the parameter of a #[pglite_test] function is the database: its type must be `PgliteDb`",
+                    ));
                 }
             }
         }
+    }
+    if sig.inputs.is_empty() {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.join(),
+            "#[pglite_test] functions take one parameter, the database: `(db: PgliteDb)`",
+        ));
     }
 
     match errors.into_iter().reduce(|mut all, error| {
@@ -345,7 +350,14 @@ fn is_pglite_db(ty: &Type) -> bool {
 }
 
 fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
-    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated
+        .parse2(attr)
+        .map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                format!("{error}: #[pglite_test] options are {VALID_OPTIONS}"),
+            )
+        })?;
     let mut options = Options::default();
     let mut errors: Vec<syn::Error> = Vec::new();
     for meta in metas {
@@ -463,7 +475,7 @@ fn string_value(meta: &Meta, example: &str) -> syn::Result<LitStr> {
         Meta::NameValue(name_value) => match &name_value.value {
             Expr::Lit(ExprLit {
                 lit: Lit::Str(lit), ..
-            }) => non_empty(lit.clone()),
+            }) => non_empty(name, lit.clone()),
             other => Err(syn::Error::new_spanned(
                 other,
                 format!("`{name}` takes a string: `{example}`"),
@@ -499,12 +511,15 @@ fn string_list(meta: &Meta, example: &str) -> syn::Result<Vec<LitStr>> {
             format!("`{name}(..)` needs at least one string: `{example}`; or leave `{name}` out"),
         ));
     }
-    lits.into_iter().map(non_empty).collect()
+    lits.into_iter().map(|lit| non_empty(name, lit)).collect()
 }
 
-fn non_empty(lit: LitStr) -> syn::Result<LitStr> {
+fn non_empty(name: &syn::Ident, lit: LitStr) -> syn::Result<LitStr> {
     if lit.value().is_empty() {
-        Err(syn::Error::new(lit.span(), "empty string"))
+        Err(syn::Error::new(
+            lit.span(),
+            format!("`{name}` cannot be an empty string"),
+        ))
     } else {
         Ok(lit)
     }
