@@ -33,14 +33,17 @@
 //!
 //! Options go in the attribute's parentheses, separated by commas, in any order, each at most once.
 //!
-//! | option | effect |
-//! | --- | --- |
-//! | `temp_dir` | the database lives in files in a temporary directory (removed after the test) instead of in memory, so `db.restart()` keeps the data: for persistence tests |
-//! | `migrations = "dir"` | applies the sqlx-style migrations in `dir` (`<version>_<name>.sql` files, in version order) before the test |
-//! | `fixtures("a.sql", "b.sql", ..)` | runs these SQL files, in the order given, after the migrations |
-//! | `extensions("hstore", "pg_trgm", ..)` | `CREATE EXTENSION` for each name before migrations and fixtures |
-//! | `user = "name"` | connect as this user (created if missing) instead of `postgres` |
-//! | `database = "name"` | connect to this database (created if missing) instead of `postgres` |
+//! - `temp_dir`: the database lives in files in a temporary directory (removed after the test)
+//!   instead of in memory, so `db.restart()` keeps the data: for persistence tests.
+//! - `migrations = "dir"`: applies the sqlx-style migrations in `dir` (`<version>_<name>.sql`
+//!   files, in version order) before the test.
+//! - `fixtures("a.sql", "b.sql", ..)`: runs these SQL files, in the order given, after the
+//!   migrations.
+//! - `extensions("hstore", "pg_trgm", ..)`: `CREATE EXTENSION` for each name, before the migrations
+//!   and fixtures.
+//! - `user = "name"`: the test connects as this user (created if missing) instead of `postgres`.
+//! - `database = "name"`: the test connects to this database (created if missing) instead of
+//!   `postgres`.
 //!
 //! Relative paths (`migrations`, `fixtures`) are relative to the root of the crate that holds the
 //! test (its `CARGO_MANIFEST_DIR`), not to the current directory; absolute paths are used as they
@@ -224,7 +227,8 @@ fn parse_item(item: TokenStream2) -> syn::Result<ItemFn> {
     };
     Err(syn::Error::new_spanned(
         what,
-        "#[pglite_test] goes on a test function: `async fn name(db: PgliteDb) { .. }` or `fn name(db: PgliteDb) { .. }`",
+        "#[pglite_test] goes on a test function: \
+         `async fn name(db: PgliteDb) { .. }` or `fn name(db: PgliteDb) { .. }`",
     ))
 }
 
@@ -309,7 +313,8 @@ fn check_signature(item_fn: &ItemFn) -> syn::Result<&syn::PatType> {
                 } else {
                     errors.push(syn::Error::new_spanned(
                         &pat_type.ty,
-                        "the parameter of a #[pglite_test] function is the database: its type must be `PgliteDb`",
+                        "the parameter of a #[pglite_test] function is the database: \
+                         its type must be `PgliteDb`",
                     ));
                 }
             }
@@ -609,4 +614,377 @@ fn contains_impl_trait(ty: &Type) -> bool {
         })
     }
     any_impl(ty.to_token_stream())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Token streams print `>>` as `>>` or `> >` depending on how they were made: compare without
+    /// whitespace.
+    fn squeeze(tokens: &TokenStream2) -> String {
+        tokens.to_string().split_whitespace().collect()
+    }
+
+    fn expands_to(attr: TokenStream2, item: TokenStream2, expected: TokenStream2) {
+        let actual = expand(attr, item);
+        assert_eq!(
+            squeeze(&actual),
+            squeeze(&expected),
+            "\nactual:   {actual}\nexpected: {expected}"
+        );
+    }
+
+    fn errors(attr: TokenStream2, item: TokenStream2) -> String {
+        let actual = expand(attr, item).to_string();
+        assert!(actual.contains("compile_error"), "no error in {actual}");
+        actual
+    }
+
+    #[test]
+    fn plain_async() {
+        expands_to(
+            quote!(),
+            quote! {
+                async fn creates_users(db: PgliteDb) {
+                    let pool = connect(db.url()).await;
+                }
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                fn creates_users() {
+                    ::pglite_harness::__private::run_async_test(
+                        ::pglite_harness::PgliteDb::builder(),
+                        |db: PgliteDb| async move {
+                            let pool = connect(db.url()).await;
+                        }
+                    )
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn sync() {
+        expands_to(
+            quote!(),
+            quote! {
+                fn sync_test(db: pglite_harness::PgliteDb) { query(&db); }
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                fn sync_test() {
+                    ::pglite_harness::__private::run_sync_test(
+                        ::pglite_harness::PgliteDb::builder(),
+                        |db: pglite_harness::PgliteDb| -> () { query(&db); }
+                    )
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn all_options() {
+        let root = quote!(::core::env!("CARGO_MANIFEST_DIR"));
+        expands_to(
+            quote! {
+                fixtures("users.sql", "orders.sql"),
+                extensions("hstore", "pg_trgm"),
+                user = "app",
+                database = "shop",
+                migrations = "migrations",
+                temp_dir,
+            },
+            quote! {
+                async fn with_everything(db: PgliteDb) {}
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                fn with_everything() {
+                    ::pglite_harness::__private::run_async_test(
+                        ::pglite_harness::PgliteDb::builder()
+                            .temp_dir()
+                            .extension("hstore")
+                            .extension("pg_trgm")
+                            .migrations(::std::path::Path::new(#root).join("migrations"))
+                            .fixture(::std::path::Path::new(#root).join("users.sql"))
+                            .fixture(::std::path::Path::new(#root).join("orders.sql"))
+                            .user("app")
+                            .database("shop"),
+                        |db: PgliteDb| async move {}
+                    )
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn single_options() {
+        let builder = |attr: TokenStream2| {
+            let expanded = expand(
+                attr,
+                quote!(
+                    async fn t(db: PgliteDb) {}
+                ),
+            )
+            .to_string();
+            let start = expanded.find("builder ()").expect("a builder") + "builder ()".len();
+            let end = expanded.find(", | db").expect("a closure");
+            expanded[start..end].trim().to_owned()
+        };
+        assert_eq!(builder(quote!()), "");
+        assert_eq!(builder(quote!(temp_dir)), ". temp_dir ()");
+        assert_eq!(builder(quote!(user = "app")), ". user (\"app\")");
+        assert_eq!(builder(quote!(database = "shop",)), ". database (\"shop\")");
+        assert_eq!(builder(quote!(extensions("hstore"))), ". extension (\"hstore\")");
+        let path = quote!(::std::path::Path::new(::core::env!("CARGO_MANIFEST_DIR")).join("db/migrations"));
+        assert_eq!(
+            builder(quote!(migrations = "db/migrations")),
+            quote!(.migrations(#path)).to_string()
+        );
+    }
+
+    #[test]
+    fn attributes_and_visibility_preserved() {
+        expands_to(
+            quote!(temp_dir),
+            quote! {
+                /// Checks that the data survives.
+                #[should_panic(expected = "gone")]
+                #[ignore = "slow"]
+                #[cfg(feature = "slow")]
+                #[allow(unused_mut)]
+                pub(crate) async fn survives_restart(mut db: PgliteDb) {
+                    db.restart().await.unwrap();
+                }
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                #[doc = r" Checks that the data survives."]
+                #[should_panic(expected = "gone")]
+                #[ignore = "slow"]
+                #[cfg(feature = "slow")]
+                #[allow(unused_mut)]
+                pub(crate) fn survives_restart() {
+                    ::pglite_harness::__private::run_async_test(
+                        ::pglite_harness::PgliteDb::builder().temp_dir(),
+                        |mut db: PgliteDb| async move {
+                            db.restart().await.unwrap();
+                        }
+                    )
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn return_type_preserved() {
+        expands_to(
+            quote!(),
+            quote! {
+                async fn fallible(db: PgliteDb) -> Result<(), Box<dyn std::error::Error>> {
+                    if db.url().is_empty() {
+                        return Ok(());
+                    }
+                    run(&db).await?;
+                    Ok(())
+                }
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                fn fallible() -> Result<(), Box<dyn std::error::Error>> {
+                    ::pglite_harness::__private::run_async_test(
+                        ::pglite_harness::PgliteDb::builder(),
+                        |db: PgliteDb| async move {
+                            if db.url().is_empty() {
+                                return Ok(());
+                            }
+                            run(&db).await?;
+                            Ok(())
+                        }
+                    )
+                }
+            },
+        );
+        // Sync: the closure states the return type, for `?`.
+        expands_to(
+            quote!(),
+            quote! {
+                fn fallible(db: PgliteDb) -> Result<(), String> { run(&db)?; Ok(()) }
+            },
+            quote! {
+                #[::core::prelude::v1::test]
+                fn fallible() -> Result<(), String> {
+                    ::pglite_harness::__private::run_sync_test(
+                        ::pglite_harness::PgliteDb::builder(),
+                        |db: PgliteDb| -> Result<(), String> { run(&db)?; Ok(()) }
+                    )
+                }
+            },
+        );
+        // `impl Trait` cannot be a closure's return type: left to inference.
+        let expanded = expand(
+            quote!(),
+            quote!(
+                fn opaque(db: PgliteDb) -> impl std::process::Termination {}
+            ),
+        );
+        assert!(
+            expanded
+                .to_string()
+                .contains("fn opaque () -> impl std :: process :: Termination"),
+            "{expanded}"
+        );
+        assert!(
+            expanded.to_string().contains("| db : PgliteDb | { }"),
+            "{expanded}"
+        );
+    }
+
+    #[test]
+    fn pattern_kept_as_written() {
+        for (param, closure) in [
+            (quote!(mut db: PgliteDb), quote!(|mut db: PgliteDb|)),
+            (quote!(_db: PgliteDb), quote!(|_db: PgliteDb|)),
+            (quote!(_: PgliteDb), quote!(|_: PgliteDb|)),
+            (
+                quote!(#[allow(unused)] db: crate::support::PgliteDb),
+                quote!(|#[allow(unused)] db: crate::support::PgliteDb|),
+            ),
+        ] {
+            let expanded = expand(quote!(), quote!(fn t(#param) {})).to_string();
+            assert!(expanded.contains(&closure.to_string()), "{expanded}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        // Signature mistakes: only the error, no half-made test.
+        for item in [
+            quote!(
+                async fn t() {}
+            ),
+            quote!(
+                async fn t(db: PgliteDb, other: PgliteDb) {}
+            ),
+            quote!(
+                async fn t(db: String) {}
+            ),
+            quote!(
+                async fn t(db: &PgliteDb) {}
+            ),
+            quote!(
+                async fn t(db: Option<PgliteDb>) {}
+            ),
+            quote!(
+                async fn t(db: PgliteDb<'static>) {}
+            ),
+            quote!(
+                fn t(&self, db: PgliteDb) {}
+            ),
+            quote!(
+                fn t<T>(db: PgliteDb) {}
+            ),
+            quote!(
+                fn t(db: PgliteDb)
+                where
+                    u8: Copy,
+                {
+                }
+            ),
+            quote!(
+                const fn t(db: PgliteDb) {}
+            ),
+            quote!(
+                unsafe fn t(db: PgliteDb) {}
+            ),
+            quote!(
+                extern "C" fn t(db: PgliteDb) {}
+            ),
+            quote!(
+                #[test]
+                fn t(db: PgliteDb) {}
+            ),
+            quote!(
+                #[tokio::test]
+                async fn t(db: PgliteDb) {}
+            ),
+        ] {
+            let expanded = errors(quote!(), item);
+            assert!(!expanded.contains("run_"), "{expanded}");
+        }
+        // Option mistakes.
+        for (attr, message) in [
+            (quote!(tempdir), "did you mean `temp_dir`"),
+            (quote!(fixture("a.sql")), "did you mean `fixtures(..)`"),
+            (quote!(foo::bar), "unknown #[pglite_test] option"),
+            (quote!(temp_dir = true), "`temp_dir` takes no value"),
+            (quote!(temp_dir()), "`temp_dir` takes no value"),
+            (quote!(migrations), "`migrations` takes a string"),
+            (quote!(migrations("m")), "`migrations` takes a string"),
+            (quote!(migrations = 5), "`migrations` takes a string"),
+            (quote!(user = app), "`user` takes a string"),
+            (quote!(database = ""), "`database` cannot be an empty string"),
+            (quote!(fixtures = "a.sql"), "`fixtures` takes a list of strings"),
+            (quote!(fixtures), "`fixtures` takes a list of strings"),
+            (
+                quote!(fixtures("a.sql", "")),
+                "`fixtures` cannot be an empty string",
+            ),
+            (quote!(extensions()), "`extensions(..)` needs at least one string"),
+            (quote!(extensions(hstore)), "`extensions` takes a list of strings"),
+            (quote!(temp_dir, temp_dir), "`temp_dir` is given twice"),
+            (quote!(user = "a", user = "b"), "`user` is given twice"),
+            (
+                quote!(extensions("a"), extensions("b")),
+                "list them all in one `extensions(..)`",
+            ),
+            (quote!("a.sql"), "options are"),
+            (quote!(temp_dir;), "options are"),
+        ] {
+            let expanded = errors(
+                attr.clone(),
+                quote!(
+                    async fn t(db: PgliteDb) {}
+                ),
+            );
+            assert!(expanded.contains(message), "{attr}: {expanded}");
+            assert!(!expanded.contains("run_"), "{expanded}");
+        }
+    }
+
+    #[test]
+    fn every_mistake_reported_at_once() {
+        let expanded = errors(
+            quote!(tempdir, user),
+            quote!(
+                fn t<T>(db: u32) {}
+            ),
+        );
+        assert_eq!(expanded.matches("compile_error").count(), 4, "{expanded}");
+    }
+
+    #[test]
+    fn non_function_kept_as_is() {
+        let expanded = errors(
+            quote!(),
+            quote!(
+                struct Fixture {
+                    db: u8,
+                }
+            ),
+        );
+        assert!(expanded.contains("goes on a test function"), "{expanded}");
+        assert!(
+            expanded.ends_with(
+                &quote!(
+                    struct Fixture {
+                        db: u8,
+                    }
+                )
+                .to_string()
+            ),
+            "{expanded}"
+        );
+    }
 }
