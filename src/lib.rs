@@ -27,6 +27,7 @@
 
 mod assets;
 mod backend;
+mod fixture;
 pub mod runtime;
 mod server;
 pub(crate) mod vfs;
@@ -36,5 +37,20 @@ pub use backend::{
     Backend, BackendBuilder, BackendError, CancelHandle, DataDir, LOCK_FILE, Notification, ProtocolError,
     ServerMessage, SimpleQueryOutput, Snapshot, StatementResult,
 };
+pub use fixture::{FixtureError, KEEP_TEMP_DIR_ENV, PREWARM_ENV, PgliteDb, PgliteDbBuilder};
+/// Turns `async fn name(db: PgliteDb)` (or a sync fn) into a test with its own fresh database;
+/// see the [`pglite_harness_macros`] crate docs for the options.
+pub use pglite_harness_macros::pglite_test;
 pub use server::{Server, ServerBuilder, ServerError};
+
+/// The rstest fixture: `#[rstest] #[tokio::test] async fn t(#[future] db: PgliteDb)` gets a
+/// fresh in-memory database per test and per case (feature `rstest`).
+#[cfg(feature = "rstest")]
+pub use fixture::db;
+
+/// What `#[pglite_test]` expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::fixture::{run_async_test, run_sync_test};
+}
 pub use vfs::Durability;

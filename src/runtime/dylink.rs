@@ -10,7 +10,10 @@
 
 use std::collections::HashMap;
 
-use wasmtime::{Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val, ValType};
+use wasmtime::{
+    AsContext, AsContextMut, Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val,
+    ValType,
+};
 
 use super::Runtime;
 use super::guest;
@@ -19,6 +22,31 @@ use super::sjlj;
 use super::state::HostState;
 
 type C<'a> = Caller<'a, HostState>;
+
+/// Anything the linker can work through: a `Caller` (inside `dlopen`) or the `Store` (replaying
+/// a snapshot's libraries).
+pub(crate) trait Ctx: AsContextMut<Data = HostState> {
+    fn state(&self) -> &HostState;
+    fn state_mut(&mut self) -> &mut HostState;
+}
+
+impl Ctx for Caller<'_, HostState> {
+    fn state(&self) -> &HostState {
+        self.data()
+    }
+    fn state_mut(&mut self) -> &mut HostState {
+        self.data_mut()
+    }
+}
+
+impl Ctx for wasmtime::Store<HostState> {
+    fn state(&self) -> &HostState {
+        self.data()
+    }
+    fn state_mut(&mut self) -> &mut HostState {
+        self.data_mut()
+    }
+}
 
 /// Offset of the file name (an inline C string) in Emscripten's `struct dso`.
 const DSO_NAME_OFFSET: i32 = 36;
@@ -33,9 +61,33 @@ pub(crate) struct Dylinker {
     got: HashMap<(GotKind, String), (Global, bool)>,
     /// Table slots handed out for functions, so a function gets one slot however often asked.
     slots: HashMap<(Option<usize>, String), u32>,
+    /// What changed the table, in order: replayed to rebuild it in a restored instance.
+    events: Vec<LinkEvent>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// A step of the linker that a restored instance must repeat.
+#[derive(Debug, Clone)]
+enum LinkEvent {
+    /// A library was loaded at these bases.
+    Load {
+        path: String,
+        memory_base: u32,
+        memory_size: u32,
+        table_base: u32,
+    },
+    /// A function got a new table slot.
+    Slot { library: Option<usize>, name: String, slot: u32 },
+}
+
+/// The linker's state in a snapshot, independent of any store.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DylinkSnapshot {
+    events: Vec<LinkEvent>,
+    by_handle: Vec<(i32, usize)>,
+    got: Vec<(GotKind, String, i32, bool)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum GotKind {
     Mem,
     Func,
@@ -47,11 +99,102 @@ struct Library {
     memory_base: u32,
 }
 
-impl Dylinker {
-    /// Whether any side module has been loaded.
-    pub fn has_libraries(&self) -> bool {
-        !self.libraries.is_empty()
+/// Records the linker's state of the instance in `store` (between calls).
+pub(crate) fn snapshot(store: &mut impl Ctx) -> DylinkSnapshot {
+    let dylinker = &store.state().dylinker;
+    let events = dylinker.events.clone();
+    let by_handle = dylinker.by_handle.iter().map(|(&h, &i)| (h, i)).collect();
+    let got: Vec<(GotKind, String, Global, bool)> = dylinker
+        .got
+        .iter()
+        .map(|((kind, name), (global, done))| (*kind, name.clone(), *global, *done))
+        .collect();
+    let got = got
+        .into_iter()
+        .map(|(kind, name, global, done)| {
+            let value = global.get(&mut *store).i32().unwrap_or(0);
+            (kind, name, value, done)
+        })
+        .collect();
+    DylinkSnapshot {
+        events,
+        by_handle,
+        got,
     }
+}
+
+/// Rebuilds, in a restored instance, the libraries and table slots `snapshot` recorded: each
+/// library is instantiated again at its old bases, without running its initialisers, and its
+/// memory (which instantiation overwrote with its data segments) is put back from `image`.
+pub(crate) fn replay(
+    store: &mut impl Ctx,
+    snapshot: &DylinkSnapshot,
+    image: &super::MemoryImage,
+) -> Result<(), String> {
+    for (kind, name, value, done) in &snapshot.got {
+        let ty = GlobalType::new(ValType::I32, Mutability::Var);
+        let global = Global::new(&mut *store, ty, Val::I32(*value)).map_err(|e| e.to_string())?;
+        store
+            .state_mut()
+            .dylinker
+            .got
+            .insert((*kind, name.clone()), (global, *done));
+    }
+    for event in &snapshot.events {
+        match event {
+            LinkEvent::Load {
+                path,
+                memory_base,
+                memory_size,
+                table_base,
+            } => {
+                let placed = Placement {
+                    memory_base: *memory_base,
+                    table_base: *table_base,
+                };
+                let index = load_at(store, path, Some(placed)).map_err(|e| match e {
+                    LoadError::Message(m) => format!("cannot reload {path}: {m}"),
+                    LoadError::Guest(e) => format!("cannot reload {path}: {e}"),
+                })?;
+                store.state_mut().dylinker.by_path.insert(path.clone(), index);
+                let memory = store.state().exports().memory;
+                let range = *memory_base as usize..(*memory_base + *memory_size) as usize;
+                let bytes = memory
+                    .data_mut(&mut *store)
+                    .get_mut(range)
+                    .ok_or_else(|| format!("{path}'s memory lies outside the linear memory"))?;
+                image
+                    .read_at(bytes, *memory_base as usize)
+                    .map_err(|e| format!("cannot restore {path}'s memory: {e}"))?;
+            }
+            LinkEvent::Slot { library, name, slot } => {
+                let func = match library {
+                    None => {
+                        let main = store.state().exports().instance;
+                        main.get_func(&mut *store, name)
+                    }
+                    Some(index) => {
+                        let instance = store.state().dylinker.libraries[*index].instance;
+                        instance.get_func(&mut *store, name)
+                    }
+                }
+                .ok_or_else(|| format!("the function {name} of a table slot is gone"))?;
+                let got = slot_for(store, *library, name, func).map_err(|e| e.to_string())?;
+                if got != *slot {
+                    return Err(format!("{name} got table slot {got}, the snapshot had {slot}"));
+                }
+            }
+        }
+    }
+    store.state_mut().dylinker.by_handle = snapshot.by_handle.iter().copied().collect();
+    Ok(())
+}
+
+/// Where a replayed library goes.
+#[derive(Clone, Copy)]
+struct Placement {
+    memory_base: u32,
+    table_base: u32,
 }
 
 /// The memory and table needs of a side module, from its `dylink.0` section.
@@ -175,28 +318,36 @@ impl From<String> for LoadError {
     }
 }
 
-fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
+fn load(c: &mut impl Ctx, path: &str) -> Result<usize, LoadError> {
+    load_at(c, path, None)
+}
+
+/// Loads a library; with `placed`, at those bases and without its initialisers (a replay: its
+/// needed libraries were replayed before it).
+fn load_at(c: &mut impl Ctx, path: &str, placed: Option<Placement>) -> Result<usize, LoadError> {
     let bytes = c
-        .data()
+        .state()
         .vfs
         .read_file(path)
         .map_err(|e| format!("cannot read it: {e}"))?;
     let info = dylink_info(&bytes)?;
-    for needed in &info.needed {
+    for needed in info.needed.iter().filter(|_| placed.is_none()) {
         let needed_path = format!("/pglite/lib/postgresql/{needed}");
-        if !c.data().dylinker.by_path.contains_key(&needed_path) {
+        if !c.state().dylinker.by_path.contains_key(&needed_path) {
             let index = load(c, &needed_path)?;
-            c.data_mut().dylinker.by_path.insert(needed_path, index);
+            c.state_mut().dylinker.by_path.insert(needed_path, index);
         }
     }
     let runtime = Runtime::global().map_err(|e| e.to_string())?;
     let module = runtime
         .side_module(&bytes)
         .map_err(|e| format!("cannot compile it: {e}"))?;
-    let exports = c.data().exports().clone();
+    let exports = c.state().exports().clone();
 
     // Memory and table space of its own.
-    let memory_base = if info.memory_size > 0 {
+    let memory_base = if let Some(placed) = placed {
+        placed.memory_base
+    } else if info.memory_size > 0 {
         let align = 1i32 << info.memory_align.min(16);
         let raw = exports
             .calloc
@@ -210,6 +361,11 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
         0
     };
     let table_base = exports.table.size(&*c) as u32;
+    if let Some(placed) = placed
+        && placed.table_base != table_base
+    {
+        return Err(format!("the table has {table_base} slots, the snapshot placed it at {}", placed.table_base).into());
+    }
     if info.table_size > 0 {
         exports
             .table
@@ -241,14 +397,23 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
     }
     let instance =
         Instance::new(&mut *c, &module, &imports).map_err(|e| format!("cannot instantiate it: {e}"))?;
-    let index = c.data().dylinker.libraries.len();
-    let dylinker = &mut c.data_mut().dylinker;
+    let index = c.state().dylinker.libraries.len();
+    let dylinker = &mut c.state_mut().dylinker;
     dylinker.libraries.push(Library {
         path: path.to_owned(),
         instance,
         memory_base,
     });
     dylinker.by_path.insert(path.to_owned(), index);
+    dylinker.events.push(LinkEvent::Load {
+        path: path.to_owned(),
+        memory_base,
+        memory_size: info.memory_size,
+        table_base,
+    });
+    if placed.is_some() {
+        return Ok(index);
+    }
 
     resolve_got(c).map_err(LoadError::Guest)?;
     for init in ["__wasm_apply_data_relocs", "__wasm_call_ctors"] {
@@ -260,18 +425,18 @@ fn load(c: &mut C<'_>, path: &str) -> Result<usize, LoadError> {
     Ok(index)
 }
 
-fn const_i32(c: &mut C<'_>, value: u32) -> Result<Global, LoadError> {
+fn const_i32(c: &mut impl Ctx, value: u32) -> Result<Global, LoadError> {
     let ty = GlobalType::new(ValType::I32, Mutability::Const);
     Global::new(&mut *c, ty, Val::I32(value as i32)).map_err(|e| LoadError::Message(e.to_string()))
 }
 
-fn got_entry(c: &mut C<'_>, kind: GotKind, name: &str) -> Result<Global, LoadError> {
-    if let Some((global, _)) = c.data().dylinker.got.get(&(kind, name.to_owned())) {
+fn got_entry(c: &mut impl Ctx, kind: GotKind, name: &str) -> Result<Global, LoadError> {
+    if let Some((global, _)) = c.state().dylinker.got.get(&(kind, name.to_owned())) {
         return Ok(*global);
     }
     let ty = GlobalType::new(ValType::I32, Mutability::Var);
     let global = Global::new(&mut *c, ty, Val::I32(0)).map_err(|e| LoadError::Message(e.to_string()))?;
-    c.data_mut()
+    c.state_mut()
         .dylinker
         .got
         .insert((kind, name.to_owned()), (global, false));
@@ -279,16 +444,15 @@ fn got_entry(c: &mut C<'_>, kind: GotKind, name: &str) -> Result<Global, LoadErr
 }
 
 /// Gives every GOT entry not yet resolved its address or table slot, where a definition exists.
-fn resolve_got(c: &mut C<'_>) -> wasmtime::Result<()> {
-    let pending: Vec<(GotKind, String, Global)> = c
-        .data()
+fn resolve_got(c: &mut impl Ctx) -> wasmtime::Result<()> {
+    let pending: Vec<(GotKind, String, Global)> = c.state()
         .dylinker
         .got
         .iter()
         .filter(|(_, (_, done))| !done)
         .map(|((kind, name), (global, _))| (*kind, name.clone(), *global))
         .collect();
-    let main = c.data().exports().instance;
+    let main = c.state().exports().instance;
     for (kind, name, global) in pending {
         let value = match kind {
             GotKind::Mem => data_address(c, main, &name),
@@ -296,7 +460,7 @@ fn resolve_got(c: &mut C<'_>) -> wasmtime::Result<()> {
         };
         if let Some(value) = value {
             global.set(&mut *c, Val::I32(value as i32))?;
-            c.data_mut()
+            c.state_mut()
                 .dylinker
                 .got
                 .get_mut(&(kind, name))
@@ -308,12 +472,11 @@ fn resolve_got(c: &mut C<'_>) -> wasmtime::Result<()> {
 }
 
 /// The address of data symbol `name`: the main module's first, then each library's.
-fn data_address(c: &mut C<'_>, main: Instance, name: &str) -> Option<u32> {
+fn data_address(c: &mut impl Ctx, main: Instance, name: &str) -> Option<u32> {
     if let Some(Extern::Global(g)) = main.get_export(&mut *c, name) {
         return g.get(&mut *c).i32().map(|v| v as u32);
     }
-    let libraries: Vec<(Instance, u32)> = c
-        .data()
+    let libraries: Vec<(Instance, u32)> = c.state()
         .dylinker
         .libraries
         .iter()
@@ -328,11 +491,11 @@ fn data_address(c: &mut C<'_>, main: Instance, name: &str) -> Option<u32> {
 }
 
 /// The table slot of function `name`: the main module's first, then each library's.
-fn function_slot(c: &mut C<'_>, main: Instance, name: &str) -> wasmtime::Result<Option<u32>> {
+fn function_slot(c: &mut impl Ctx, main: Instance, name: &str) -> wasmtime::Result<Option<u32>> {
     if let Some(Extern::Func(f)) = main.get_export(&mut *c, name) {
         return slot_for(c, None, name, f).map(Some);
     }
-    let libraries: Vec<Instance> = c.data().dylinker.libraries.iter().map(|l| l.instance).collect();
+    let libraries: Vec<Instance> = c.state().dylinker.libraries.iter().map(|l| l.instance).collect();
     for (index, instance) in libraries.into_iter().enumerate() {
         if let Some(Extern::Func(f)) = instance.get_export(&mut *c, name) {
             return slot_for(c, Some(index), name, f).map(Some);
@@ -343,9 +506,9 @@ fn function_slot(c: &mut C<'_>, main: Instance, name: &str) -> wasmtime::Result<
 
 /// A table slot holding `func`: the slot the main module's element segment already gave it, or
 /// a new one appended to the table (once per function).
-fn slot_for(c: &mut C<'_>, library: Option<usize>, name: &str, func: Func) -> wasmtime::Result<u32> {
+fn slot_for(c: &mut impl Ctx, library: Option<usize>, name: &str, func: Func) -> wasmtime::Result<u32> {
     let key = (library, name.to_owned());
-    if let Some(&slot) = c.data().dylinker.slots.get(&key) {
+    if let Some(&slot) = c.state().dylinker.slots.get(&key) {
         return Ok(slot);
     }
     let existing = if library.is_none() {
@@ -356,23 +519,29 @@ fn slot_for(c: &mut C<'_>, library: Option<usize>, name: &str, func: Func) -> wa
     let slot = match existing {
         Some(slot) => slot,
         None => {
-            let table = c.data().exports().table;
-            table.grow(&mut *c, 1, Ref::Func(Some(func)))? as u32
+            let table = c.state().exports().table;
+            let slot = table.grow(&mut *c, 1, Ref::Func(Some(func)))? as u32;
+            c.state_mut().dylinker.events.push(LinkEvent::Slot {
+                library,
+                name: name.to_owned(),
+                slot,
+            });
+            slot
         }
     };
-    c.data_mut().dylinker.slots.insert(key, slot);
+    c.state_mut().dylinker.slots.insert(key, slot);
     Ok(slot)
 }
 
 /// What a function import `name` of a side module binds to.
 fn resolve_function(
-    c: &mut C<'_>,
+    c: &mut impl Ctx,
     runtime: &Runtime,
     path: &str,
     name: &str,
     ty: FuncType,
 ) -> Result<Func, LoadError> {
-    let main = c.data().exports().instance;
+    let main = c.state().exports().instance;
     let main_name = match name {
         "getTempRet0" => "_emscripten_tempret_get",
         "setTempRet0" => "_emscripten_tempret_set",
@@ -381,13 +550,13 @@ fn resolve_function(
     if let Some(Extern::Func(f)) = main.get_export(&mut *c, main_name) {
         return Ok(f);
     }
-    if let Some(invoke_ty) = sjlj::invoke_type(c.engine(), name) {
+    if let Some(invoke_ty) = sjlj::invoke_type(c.as_context().engine(), name) {
         return Ok(Func::new(&mut *c, invoke_ty, sjlj::invoke));
     }
     if let Ok(Extern::Func(f)) = runtime.linker.get(&mut *c, "env", name) {
         return Ok(f);
     }
-    let libraries: Vec<Instance> = c.data().dylinker.libraries.iter().map(|l| l.instance).collect();
+    let libraries: Vec<Instance> = c.state().dylinker.libraries.iter().map(|l| l.instance).collect();
     for instance in libraries {
         if let Some(Extern::Func(f)) = instance.get_export(&mut *c, name) {
             return Ok(f);

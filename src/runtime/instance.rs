@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Func, Global, Ref, Store, TypedFunc, Val, WasmParams, WasmResults};
 
+use super::dylink::{self, DylinkSnapshot};
 use super::imports::with_memory;
 use super::memory::{self, MemoryImage};
 use super::rewrite::{GLOBAL_EXPORT_PREFIX, START_EXPORT};
@@ -76,15 +77,16 @@ pub(crate) struct PgInstance {
 
 /// A booted, idle instance frozen: what [`PgInstance::restore`] starts a new instance from.
 ///
-/// Only instances that have loaded no side module and whose filesystem is all in memory can be
-/// frozen (a side module's functions live in the table and its instance, which cannot be copied
-/// between stores).
+/// Only instances whose filesystem is all in memory can be frozen. Side modules loaded by
+/// `dlopen` are recorded by the linker and loaded again, at the same places, on restore.
 pub(crate) struct InstanceSnapshot {
     memory: Arc<MemoryImage>,
     memory_size: usize,
     globals: Vec<(u32, GlobalValue)>,
     callback_slots: Vec<u32>,
     table_size: u64,
+    /// Libraries loaded and table slots added by the dynamic linker.
+    dylink: DylinkSnapshot,
     /// The filesystem, forked for each restore (a mutex only because `Vfs` is not `Sync`).
     vfs: Mutex<Vfs>,
     environ: Vec<Vec<u8>>,
@@ -175,6 +177,7 @@ impl PgInstance {
             global.set(&mut instance.store, value.val()).map_err(trap)?;
         }
         let slots = instance.add_callbacks()?;
+        dylink::replay(&mut instance.store, &snapshot.dylink, &snapshot.memory).map_err(CallError::Trap)?;
         let table_size = instance.store.data().exports().table.size(&instance.store);
         if slots != snapshot.callback_slots || table_size != snapshot.table_size {
             return Err(CallError::Trap(format!(
@@ -189,12 +192,8 @@ impl PgInstance {
 
     /// Freezes this idle instance (between calls, so no wasm frame is live) into a snapshot.
     pub fn snapshot(&mut self) -> Result<InstanceSnapshot, CallError> {
+        let dylink = dylink::snapshot(&mut self.store);
         let state = self.store.data();
-        if state.dylinker.has_libraries() {
-            return Err(CallError::Trap(
-                "a side module (PL/pgSQL or an extension library) is loaded; snapshots are taken before any".into(),
-            ));
-        }
         let vfs = state
             .vfs
             .fork()
@@ -216,6 +215,7 @@ impl PgInstance {
             globals,
             callback_slots: self.callback_slots.clone(),
             table_size: exports.table.size(&self.store),
+            dylink,
             vfs: Mutex::new(vfs),
             environ,
             monotonic,
