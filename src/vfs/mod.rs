@@ -26,6 +26,7 @@ mod namespace;
 mod open;
 mod pipe;
 mod resolve;
+mod snapshot;
 pub mod stat;
 
 use std::fmt;
@@ -34,6 +35,11 @@ use std::path::Path;
 pub use device::OutputSink;
 pub use errno::{Errno, VfsResult};
 pub use host::Durability;
+#[allow(
+    unused_imports,
+    reason = "the module's public types, named by callers as needed"
+)]
+pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
 #[allow(
     unused_imports,
     reason = "the module's public types, named by callers as needed"
