@@ -416,4 +416,6 @@ impl fmt::Debug for Vfs {
 }
 
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;

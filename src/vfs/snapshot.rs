@@ -444,9 +444,7 @@ fn read_node<R: BufRead>(dec: &mut Decoder<'_, R>, id: NodeId) -> Result<Option<
                 if n == 0 || n as usize > CHUNK_SIZE {
                     return Err(dec.invalid(format!("node {id}: chunk {index} of {n} bytes")));
                 }
-                let mut bytes = vec![0u8; n as usize];
-                dec.fill(&mut bytes)?;
-                chunks[index as usize] = Some(Arc::new(bytes));
+                chunks[index as usize] = Some(Arc::new(dec.vec(u64::from(n))?));
                 next = index + 1;
             }
             NodeKind::File(FileData::from_parts(len, chunks))
