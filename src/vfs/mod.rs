@@ -39,12 +39,12 @@ pub use host::Durability;
     unused_imports,
     reason = "the module's public types, named by callers as needed"
 )]
-pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
+pub use memory::MemoryStats;
 #[allow(
     unused_imports,
     reason = "the module's public types, named by callers as needed"
 )]
-pub use memory::MemoryStats;
+pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
 #[allow(
     unused_imports,
     reason = "the module's public types, named by callers as needed"

@@ -72,9 +72,7 @@ fn sample() -> (Vfs, Fds) {
     let doomed_dup = vfs.dup(doomed).unwrap();
     vfs.openat(AT_FDCWD, b"/tmp/log", O_CREAT | O_WRONLY | O_APPEND, 0o644)
         .unwrap();
-    let dir = vfs
-        .openat(AT_FDCWD, b"/data", O_RDONLY | O_DIRECTORY, 0)
-        .unwrap();
+    let dir = vfs.openat(AT_FDCWD, b"/data", O_RDONLY | O_DIRECTORY, 0).unwrap();
     assert_eq!(vfs.getdents(dir, 3).unwrap().len(), 3);
     let (pipe_read, pipe_write) = vfs.pipe2(O_NONBLOCK).unwrap();
     vfs.write(pipe_write, b"queued").unwrap();
@@ -104,13 +102,15 @@ fn assert_same_tree(a: &mut Vfs, b: &mut Vfs, path: &[u8]) {
             assert_eq!(a.read_file(path), b.read_file(path), "{shown}");
         }
         FileKind::Symlink => {
-            assert_eq!(a.readlinkat(AT_FDCWD, path), b.readlinkat(AT_FDCWD, path), "{shown}");
+            assert_eq!(
+                a.readlinkat(AT_FDCWD, path),
+                b.readlinkat(AT_FDCWD, path),
+                "{shown}"
+            );
         }
         FileKind::Directory => {
             let list = |vfs: &mut Vfs| {
-                let fd = vfs
-                    .openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY, 0)
-                    .unwrap();
+                let fd = vfs.openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY, 0).unwrap();
                 let entries = vfs.getdents(fd, 10_000).unwrap();
                 vfs.close(fd).unwrap();
                 entries
@@ -157,7 +157,10 @@ fn assert_same(a: &mut Vfs, b: &mut Vfs) {
         assert_eq!(a.seek(fd, 0, SEEK_CUR), b.seek(fd, 0, SEEK_CUR), "fd {fd}");
         assert_eq!(a.fcntl(fd, F_GETFL, 0), b.fcntl(fd, F_GETFL, 0), "fd {fd}");
         assert_eq!(a.fcntl(fd, F_GETFD, 0), b.fcntl(fd, F_GETFD, 0), "fd {fd}");
-        assert_eq!(a.poll_revents(fd, POLLIN | POLLOUT), b.poll_revents(fd, POLLIN | POLLOUT));
+        assert_eq!(
+            a.poll_revents(fd, POLLIN | POLLOUT),
+            b.poll_revents(fd, POLLIN | POLLOUT)
+        );
     }
     let (sa, sb) = (a.memory_stats(), b.memory_stats());
     assert_eq!(
@@ -219,10 +222,7 @@ fn round_trip_behaves_like_a_fork() {
     );
     assert_eq!(restored.statat(AT_FDCWD, b"/data/small", 0).unwrap().nlink, 2);
     // Relative paths start from the restored working directory.
-    assert_eq!(
-        restored.read_file("deeper/patterned").unwrap().len(),
-        200_000
-    );
+    assert_eq!(restored.read_file("deeper/patterned").unwrap().len(), 200_000);
     // /dev/blob input came along.
     let blob = restored.openat(AT_FDCWD, b"/dev/blob", O_RDONLY, 0).unwrap();
     assert_eq!(restored.read(blob, &mut buf), Ok(4));
@@ -264,9 +264,7 @@ fn output_sinks_are_not_recorded() {
 #[test]
 fn holes_are_not_written() {
     let mut vfs = Vfs::new();
-    let fd = vfs
-        .openat(AT_FDCWD, b"/wal", O_CREAT | O_RDWR, 0o600)
-        .unwrap();
+    let fd = vfs.openat(AT_FDCWD, b"/wal", O_CREAT | O_RDWR, 0o600).unwrap();
     vfs.ftruncate(fd, 16 << 20).unwrap();
     vfs.pwrite(fd, &[1u8; 100], 8 << 20).unwrap();
     vfs.write_file("/zeros", &vec![0u8; 40 << 20], 0o600).unwrap();
@@ -281,7 +279,10 @@ fn holes_are_not_written() {
     assert_eq!(restored.memory_stats().file_bytes, (56 << 20) + 1000);
     let wal = restored.read_file("/wal").unwrap();
     assert!(wal[..8 << 20].iter().all(|&b| b == 0));
-    assert_eq!(&wal[8 << 20..(8 << 20) + 101], &[[1u8; 100].as_slice(), &[0]].concat()[..]);
+    assert_eq!(
+        &wal[8 << 20..(8 << 20) + 101],
+        &[[1u8; 100].as_slice(), &[0]].concat()[..]
+    );
     assert_eq!(restored.read_file("/cleared").unwrap(), vec![0u8; 1000]);
 }
 
@@ -370,6 +371,23 @@ fn inconsistent_state_is_refused() {
     vfs.tree.node_mut(id).open_refs = 1;
     let err = restore(&snapshot(&vfs)).unwrap_err();
     assert!(err.to_string().contains("open references"), "{err}");
+
+    // Two directories containing each other, cut off from the root: counts and parents agree,
+    // but walking up from either would never end.
+    let mut vfs = Vfs::new();
+    vfs.create_dir_all("/x/y", 0o755).unwrap();
+    let root = memory::MemTree::ROOT;
+    let x = vfs.tree.lookup(root, b"x").unwrap().unwrap();
+    let y = vfs.tree.lookup(x, b"y").unwrap().unwrap();
+    let root_dir = vfs.tree.dir_mut(root).unwrap();
+    root_dir.entries.remove(&b"x"[..]);
+    root_dir.subdirs -= 1;
+    let y_dir = vfs.tree.dir_mut(y).unwrap();
+    y_dir.entries.insert(b"x"[..].into(), x);
+    y_dir.subdirs += 1;
+    vfs.tree.dir_mut(x).unwrap().parent = y;
+    let err = restore(&snapshot(&vfs)).unwrap_err();
+    assert!(err.to_string().contains("not reachable from the root"), "{err}");
 }
 
 #[test]
@@ -392,13 +410,20 @@ fn host_mounts_are_refused() {
 fn large_tree_round_trip_is_fast() {
     let mut vfs = Vfs::new();
     for i in 0..40u32 {
-        let data: Vec<u8> = (0..1u32 << 20).map(|j| (j.wrapping_mul(31) ^ i) as u8 | 1).collect();
+        let data: Vec<u8> = (0..1u32 << 20)
+            .map(|j| (j.wrapping_mul(31) ^ i) as u8 | 1)
+            .collect();
         vfs.write_file(&format!("/pgdata/base/5/{}", 16384 + i), &data, 0o600)
             .unwrap();
     }
     vfs.create_dir_all("/pgdata/pg_wal", 0o700).unwrap();
     let fd = vfs
-        .openat(AT_FDCWD, b"/pgdata/pg_wal/000000010000000000000001", O_CREAT | O_RDWR, 0o600)
+        .openat(
+            AT_FDCWD,
+            b"/pgdata/pg_wal/000000010000000000000001",
+            O_CREAT | O_RDWR,
+            0o600,
+        )
         .unwrap();
     vfs.ftruncate(fd, 16 << 20).unwrap();
     vfs.pwrite(fd, &[0xd1; 8192], 0).unwrap();
@@ -431,7 +456,10 @@ fn large_tree_round_trip_is_fast() {
         let path = format!("/pgdata/base/5/{}", 16384 + i);
         assert_eq!(restored.read_file(&path), vfs.read_file(&path));
     }
-    assert_eq!(restored.memory_stats().stored_chunks, vfs.memory_stats().stored_chunks);
+    assert_eq!(
+        restored.memory_stats().stored_chunks,
+        vfs.memory_stats().stored_chunks
+    );
 
     // An unbuffered writer that fails midway is an I/O error.
     struct Failing(usize);
