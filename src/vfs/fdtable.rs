@@ -64,6 +64,17 @@ impl Description {
         self.flags & O_ACCMODE != O_RDONLY
     }
 
+    /// Descriptors pointing at this description.
+    pub fn refs(&self) -> u32 {
+        self.refs
+    }
+
+    /// This description with `refs` descriptors pointing at it (for snapshots, whose reader
+    /// checks the count against the table).
+    pub fn with_refs(self, refs: u32) -> Description {
+        Description { refs, ..self }
+    }
+
     fn fork_copy(&self) -> VfsResult<Description> {
         let target = match &self.target {
             Target::Mem(node) => Target::Mem(*node),
@@ -80,10 +91,11 @@ impl Description {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct FdEntry {
-    desc: DescId,
-    cloexec: bool,
+/// One open descriptor: its description and `FD_CLOEXEC`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdEntry {
+    pub desc: DescId,
+    pub cloexec: bool,
 }
 
 /// The descriptor table.
@@ -246,6 +258,91 @@ impl FdTable {
             .filter(|&fd| self.fds[fd].is_some())
             .map(|fd| fd as i32)
             .collect()
+    }
+
+    /// The descriptor slots (`None` for a closed descriptor), indexed by descriptor, for
+    /// snapshots.
+    pub fn fd_slots(&self) -> &[Option<FdEntry>] {
+        &self.fds
+    }
+
+    /// The descriptor below which every descriptor is in use, for snapshots.
+    pub fn first_free(&self) -> usize {
+        self.first_free
+    }
+
+    /// The description slots (`None` for a free one), indexed by [`DescId`], for snapshots.
+    pub fn desc_slots(&self) -> &[Option<Description>] {
+        &self.descs
+    }
+
+    /// The free description slots in the order they will be reused (last first).
+    pub fn free_desc_list(&self) -> &[DescId] {
+        &self.free_descs
+    }
+
+    /// A table from the parts a snapshot recorded. Checks the table's invariants: at most
+    /// [`MAX_FDS`] descriptors, each pointing at a live description whose reference count is
+    /// the number of descriptors pointing at it (at least one), every descriptor below
+    /// `first_free` in use, and the free list naming exactly the free description slots.
+    pub fn from_parts(
+        fds: Vec<Option<FdEntry>>,
+        first_free: usize,
+        descs: Vec<Option<Description>>,
+        free_descs: Vec<DescId>,
+    ) -> Result<FdTable, String> {
+        if fds.len() > MAX_FDS {
+            return Err(format!("{} descriptor slots (at most {MAX_FDS})", fds.len()));
+        }
+        if first_free > fds.len() || fds[..first_free].iter().any(Option::is_none) {
+            return Err(format!(
+                "descriptors below {first_free} are supposed to be in use"
+            ));
+        }
+        let mut refs = vec![0u32; descs.len()];
+        for (fd, entry) in fds.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            match descs.get(entry.desc as usize) {
+                Some(Some(_)) => refs[entry.desc as usize] += 1,
+                _ => {
+                    return Err(format!(
+                        "descriptor {fd} points at missing description {}",
+                        entry.desc
+                    ));
+                }
+            }
+        }
+        for (id, (desc, counted)) in descs.iter().zip(&refs).enumerate() {
+            if let Some(desc) = desc
+                && desc.refs != *counted
+            {
+                return Err(format!(
+                    "description {id} records {} descriptors but {counted} point at it",
+                    desc.refs
+                ));
+            }
+            if desc.is_some() && *counted == 0 {
+                return Err(format!("description {id} has no descriptor"));
+            }
+        }
+        let mut listed = vec![false; descs.len()];
+        for &id in &free_descs {
+            match descs.get(id as usize) {
+                Some(None) if !listed[id as usize] => listed[id as usize] = true,
+                _ => return Err(format!("bad entry {id} in the free description list")),
+            }
+        }
+        if listed.iter().filter(|&&l| l).count() != descs.iter().filter(|d| d.is_none()).count() {
+            return Err("the free description list misses free slots".into());
+        }
+        let used = fds.iter().filter(|entry| entry.is_some()).count();
+        Ok(FdTable {
+            fds,
+            first_free,
+            used,
+            descs,
+            free_descs,
+        })
     }
 
     /// A copy of the table for a forked VFS (same descriptors, positions and sharing). `EXDEV`

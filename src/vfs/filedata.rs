@@ -20,7 +20,7 @@ pub const MAX_FILE_SIZE: u64 = 1 << 36;
 const CHUNK: u64 = CHUNK_SIZE as u64;
 
 /// One chunk: the bytes from its start up to the last one written; the rest reads as zeros.
-type Chunk = Arc<Vec<u8>>;
+pub(super) type Chunk = Arc<Vec<u8>>;
 
 /// The bytes of an in-memory file.
 ///
@@ -62,6 +62,45 @@ impl FileData {
     /// Visits every stored chunk (for memory accounting across forks).
     pub fn for_each_chunk(&self, visit: impl FnMut(&Chunk)) {
         self.chunks.iter().flatten().for_each(visit);
+    }
+
+    /// The chunk slots (`None` for an all-zero chunk), for snapshots.
+    pub(super) fn chunk_slots(&self) -> &[Option<Chunk>] {
+        &self.chunks
+    }
+
+    /// File contents from a size and chunk slots a snapshot recorded, unchecked: call
+    /// [`FileData::check`] before using them.
+    pub(super) fn from_parts(len: u64, chunks: Vec<Option<Chunk>>) -> FileData {
+        FileData { len, chunks }
+    }
+
+    /// Checks the invariants (for contents read from a snapshot): the size is at most
+    /// [`MAX_FILE_SIZE`], no chunk is longer than [`CHUNK_SIZE`] or lies past the end of the
+    /// file, and every stored byte at or beyond the size is zero.
+    pub(super) fn check(&self) -> Result<(), String> {
+        let len = self.len;
+        if len > MAX_FILE_SIZE {
+            return Err(format!("file size {len} exceeds the maximum {MAX_FILE_SIZE}"));
+        }
+        if self.chunks.len() as u64 > len.div_ceil(CHUNK) {
+            return Err(format!(
+                "{} chunk slots for a file of {len} bytes",
+                self.chunks.len()
+            ));
+        }
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            if chunk.len() > CHUNK_SIZE {
+                return Err(format!("chunk {index} holds {} bytes", chunk.len()));
+            }
+            let start = index as u64 * CHUNK;
+            let inside = usize::try_from(len.saturating_sub(start)).unwrap_or(usize::MAX);
+            if chunk.iter().skip(inside).any(|&b| b != 0) {
+                return Err(format!("chunk {index} holds data past the file size {len}"));
+            }
+        }
+        Ok(())
     }
 
     /// Copies bytes from `offset` into `buf`; returns how many were copied (short at the end of

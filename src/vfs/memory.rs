@@ -367,6 +367,42 @@ impl MemTree {
         }
     }
 
+    /// The arena's slots (`None` for a free slot), indexed by [`NodeId`], for snapshots.
+    pub(super) fn slots(&self) -> &[Option<Arc<Node>>] {
+        &self.nodes
+    }
+
+    /// The free slots in the order they will be reused (last first), for snapshots.
+    pub(super) fn free_list(&self) -> &[NodeId] {
+        &self.free
+    }
+
+    /// A tree from the slots and free list a snapshot recorded. Checks what the arena itself
+    /// relies on: slot 0 is a live directory (the root), and the free list names exactly the
+    /// free slots, each once. The links between nodes are the caller's to check.
+    pub(super) fn from_parts(nodes: Vec<Option<Arc<Node>>>, free: Vec<NodeId>) -> Result<MemTree, String> {
+        if !matches!(nodes.first(), Some(Some(root)) if matches!(root.kind, NodeKind::Dir(_))) {
+            return Err("node 0 (the root) is not a directory".into());
+        }
+        let mut listed = vec![false; nodes.len()];
+        for &id in &free {
+            match nodes.get(id as usize) {
+                Some(None) if !listed[id as usize] => listed[id as usize] = true,
+                Some(None) => return Err(format!("free list names node slot {id} twice")),
+                Some(Some(_)) => return Err(format!("free list names live node {id}")),
+                None => return Err(format!("free list names node slot {id} past the arena's end")),
+            }
+        }
+        let free_slots = nodes.iter().filter(|slot| slot.is_none()).count();
+        if free_slots != free.len() {
+            return Err(format!(
+                "{free_slots} free node slots but the free list has {}",
+                free.len()
+            ));
+        }
+        Ok(MemTree { nodes, free })
+    }
+
     /// Number of live nodes.
     pub fn live_nodes(&self) -> usize {
         self.nodes.len() - self.free.len()

@@ -26,6 +26,7 @@ mod namespace;
 mod open;
 mod pipe;
 mod resolve;
+mod snapshot;
 pub mod stat;
 
 use std::fmt;
@@ -39,6 +40,11 @@ pub use host::Durability;
     reason = "the module's public types, named by callers as needed"
 )]
 pub use memory::MemoryStats;
+#[allow(
+    unused_imports,
+    reason = "the module's public types, named by callers as needed"
+)]
+pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
 #[allow(
     unused_imports,
     reason = "the module's public types, named by callers as needed"
@@ -409,5 +415,7 @@ impl fmt::Debug for Vfs {
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -19,11 +19,12 @@ pub(crate) enum PipeEnd {
     Write,
 }
 
+/// One pipe: its buffered bytes and how many open file descriptions hold each end.
 #[derive(Clone, Debug, Default)]
-struct Pipe {
-    buffer: VecDeque<u8>,
-    readers: u32,
-    writers: u32,
+pub(crate) struct Pipe {
+    pub buffer: VecDeque<u8>,
+    pub readers: u32,
+    pub writers: u32,
 }
 
 /// All pipes of one VFS.
@@ -132,6 +133,43 @@ impl PipeTable {
             PipeEnd::Write => 0,
         };
         ready & (events | POLLERR | POLLHUP)
+    }
+
+    /// The pipe slots (`None` for a free one), indexed by [`PipeId`], for snapshots.
+    pub fn slots(&self) -> &[Option<Pipe>] {
+        &self.pipes
+    }
+
+    /// The free pipe slots in the order they will be reused (last first).
+    pub fn free_list(&self) -> &[PipeId] {
+        &self.free
+    }
+
+    /// A table from the parts a snapshot recorded. Checks that no pipe buffers more than
+    /// [`PIPE_CAPACITY`] bytes, every live pipe has an end open, and the free list names
+    /// exactly the free slots. The end counts are the caller's to check against the
+    /// descriptions.
+    pub fn from_parts(pipes: Vec<Option<Pipe>>, free: Vec<PipeId>) -> Result<PipeTable, String> {
+        for (id, pipe) in pipes.iter().enumerate() {
+            let Some(pipe) = pipe else { continue };
+            if pipe.buffer.len() > PIPE_CAPACITY {
+                return Err(format!("pipe {id} buffers {} bytes", pipe.buffer.len()));
+            }
+            if pipe.readers == 0 && pipe.writers == 0 {
+                return Err(format!("pipe {id} has no end open"));
+            }
+        }
+        let mut listed = vec![false; pipes.len()];
+        for &id in &free {
+            match pipes.get(id as usize) {
+                Some(None) if !listed[id as usize] => listed[id as usize] = true,
+                _ => return Err(format!("bad entry {id} in the free pipe list")),
+            }
+        }
+        if listed.iter().filter(|&&l| l).count() != pipes.iter().filter(|p| p.is_none()).count() {
+            return Err("the free pipe list misses free slots".into());
+        }
+        Ok(PipeTable { pipes, free })
     }
 
     /// Bytes waiting in the pipe.
