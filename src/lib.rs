@@ -27,6 +27,7 @@
 
 mod assets;
 mod backend;
+mod instances;
 pub mod runtime;
 mod server;
 pub(crate) mod vfs;
@@ -36,5 +37,10 @@ pub use backend::{
     Backend, BackendBuilder, BackendError, CancelHandle, DataDir, LOCK_FILE, Notification, ProtocolError,
     ServerMessage, SimpleQueryOutput, StatementResult,
 };
-pub use server::{Server, ServerBuilder, ServerError};
+pub use instances::{
+    AdminServer, Config, ConfigError, ConfigProblem, ConnectionInfo, DEFAULT_CONFIG_FILE, Health,
+    InstanceConfig, InstanceError, InstanceInfo, InstanceMetrics, InstanceState, Instances, data_dir_display,
+    prometheus_text,
+};
+pub use server::{Server, ServerBuilder, ServerError, ServerMetrics};
 pub use vfs::Durability;
