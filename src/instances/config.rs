@@ -111,9 +111,8 @@ fn render(file: &Path, problems: &[ConfigProblem]) -> String {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: ")?,
-            None => {}
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
         }
         write!(f, "{}: {} (fix: {})", self.field, self.message, self.fix)
     }
@@ -181,7 +180,7 @@ impl Config {
     /// # Ok::<(), pglite_harness::ConfigError>(())
     /// ```
     pub fn load(file: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let file = file.as_ref();
+        let file = &std::path::absolute(file.as_ref()).unwrap_or_else(|_| file.as_ref().to_owned());
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_owned(),
             source,
