@@ -28,6 +28,7 @@
 mod assets;
 mod backend;
 mod fixture;
+mod instances;
 pub mod runtime;
 mod server;
 pub(crate) mod vfs;
@@ -41,7 +42,6 @@ pub use fixture::{FixtureError, KEEP_TEMP_DIR_ENV, PREWARM_ENV, PgliteDb, Pglite
 /// Turns `async fn name(db: PgliteDb)` (or a sync fn) into a test with its own fresh database;
 /// see the [`pglite_harness_macros`] crate docs for the options.
 pub use pglite_harness_macros::pglite_test;
-pub use server::{Server, ServerBuilder, ServerError};
 
 /// The rstest fixture: `#[rstest] #[tokio::test] async fn t(#[future] db: PgliteDb)` gets a
 /// fresh in-memory database per test and per case (feature `rstest`).
@@ -53,4 +53,10 @@ pub use fixture::db;
 pub mod __private {
     pub use crate::fixture::{run_async_test, run_sync_test};
 }
+pub use instances::{
+    AdminServer, Config, ConfigError, ConfigProblem, ConnectionInfo, DEFAULT_CONFIG_FILE, Health,
+    InstanceConfig, InstanceError, InstanceInfo, InstanceMetrics, InstanceState, Instances, data_dir_display,
+    prometheus_text,
+};
+pub use server::{Server, ServerBuilder, ServerError, ServerMetrics};
 pub use vfs::Durability;

@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ServerBuilder;
 use super::messages::{self, RenameEffect, error_response, put_message};
+use super::metrics::Counted;
 use super::session;
 use crate::backend::{Backend, BackendError};
 
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub parameter_statuses: Vec<u8>,
     pub config: ServerBuilder,
     pub next_id: AtomicU32,
+    /// Traffic counters and the backend's death, for health checks and metrics.
+    pub metrics: Arc<super::metrics::Counters>,
 }
 
 /// Protocol codes of packets without a type byte.
@@ -82,6 +85,9 @@ pub(crate) type ClientWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 pub(crate) async fn serve(reader: ClientReader, writer: ClientWriter, shared: Arc<Shared>) {
     let id = super::next_id(&shared.next_id);
+    let _open = shared.metrics.connection();
+    let reader: ClientReader = Box::new(Counted::new(reader, shared.metrics.clone()));
+    let writer: ClientWriter = Box::new(Counted::new(writer, shared.metrics.clone()));
     let writer = Arc::new(Mutex::new(writer));
     let io = ClientIo {
         reader,
@@ -311,6 +317,7 @@ impl Connection {
             if tag == b'X' {
                 return Ok(());
             }
+            self.shared.metrics.message(tag);
             if let Some(sql) = statement_text(tag, &body) {
                 self.pending_listen.extend(session::listen_commands(&sql));
             }
@@ -332,9 +339,17 @@ impl Connection {
             if !matches!(tag, b'S' | b'Q' | b'H' | b'F') {
                 continue;
             }
-            let reply = match self.exec(&batch).await {
-                Ok(reply) => reply,
+            let result = self.exec(&batch).await;
+            if let Err(e) = &result {
+                self.shared.metrics.observe(e);
+            }
+            let reply = match result {
+                Ok(reply) => {
+                    self.shared.metrics.reply(&reply);
+                    reply
+                }
                 Err(BackendError::Fatal { output, .. }) => {
+                    self.shared.metrics.reply(&output);
                     let reply = messages::unrename_reply(&output, &self.prefix);
                     self.writer.lock().await.write_all(&reply).await?;
                     return Ok(());
@@ -463,7 +478,9 @@ impl Connection {
     /// messages itself, until CopyDone or CopyFail.
     async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
         if self.owner.is_none() {
+            let queued = std::time::Instant::now();
             self.owner = Some(self.shared.backend.clone().lock_owned().await);
+            self.shared.metrics.waited(queued.elapsed());
             self.apply_settings().await?;
         }
         let (io, prefix, runtime) = (
@@ -493,7 +510,9 @@ impl Connection {
         });
         let backend = self.owner.as_mut().expect("owned");
         self.shared.set_executing(Some(self.id));
+        let started = std::time::Instant::now();
         let result = backend.exec_async(bytes, Some(more_input)).await;
+        self.shared.metrics.busy(started.elapsed());
         self.shared.set_executing(None);
         result
     }

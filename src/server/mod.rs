@@ -28,6 +28,7 @@
 
 mod connection;
 mod messages;
+mod metrics;
 mod scram;
 mod session;
 
@@ -37,6 +38,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendError};
+pub use metrics::ServerMetrics;
 
 /// Errors of the server layer.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,10 @@ pub enum ServerError {
     /// The backend refused the connection setup or failed at shutdown.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The backend did not answer a health check in time (busy with a long statement or
+    /// transaction, or hung).
+    #[error("the backend did not answer SELECT 1 within {0:?}")]
+    Timeout(Duration),
 }
 
 /// How to run a [`Server`]; see [`Server::builder`].
@@ -192,7 +198,10 @@ impl ServerBuilder {
             .build()
             .map_err(ServerError::Runtime)?;
 
+        let counters = Arc::new(metrics::Counters::default());
+        counters.sample_memory(&backend);
         let shared = Arc::new(connection::Shared {
+            metrics: counters.clone(),
             cancel: backend.cancel_handle(),
             backend: Arc::new(tokio::sync::Mutex::new(backend)),
             verifier: self.password.as_deref().map(scram::ScramVerifier::from_password),
@@ -207,6 +216,11 @@ impl ServerBuilder {
         });
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let config = shared.config.clone();
+        let monitor = Monitor {
+            backend: shared.backend.clone(),
+            counters,
+            runtime: runtime.handle().clone(),
+        };
         // The server's runtime lives on a thread of its own, so the server can be started and
         // stopped from any context: sync code, or inside another tokio runtime.
         let thread = std::thread::Builder::new()
@@ -260,6 +274,7 @@ impl ServerBuilder {
             unix_socket_path,
             thread: Some(thread),
             stop: stop_tx,
+            monitor: Some(monitor),
         })
     }
 }
@@ -272,6 +287,15 @@ pub struct Server {
     unix_socket_path: Option<std::path::PathBuf>,
     thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// For health checks and metrics; dropped before the backend is taken back at shutdown.
+    monitor: Option<Monitor>,
+}
+
+/// What [`Server::ping`] and [`Server::metrics`] need of a running server.
+struct Monitor {
+    backend: Arc<tokio::sync::Mutex<Backend>>,
+    counters: Arc<metrics::Counters>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Server {
@@ -327,6 +351,8 @@ impl Server {
     }
 
     fn stop_all(&mut self) -> Result<(), ServerError> {
+        // The server thread takes the backend back to close it: let go of our reference first.
+        self.monitor = None;
         let _ = self.stop.send(true);
         if let Some(path) = self.unix_socket_path.take() {
             let _ = std::fs::remove_file(path);
@@ -338,6 +364,69 @@ impl Server {
             ))),
             None => Ok(()),
         }
+    }
+}
+
+// Health and metrics, for instance management.
+impl Server {
+    /// Runs `SELECT 1` through the connection queue (after the clients already waiting) and
+    /// returns how long the answer took. Fails with [`ServerError::Timeout`] when the backend does
+    /// not answer within `timeout` (a client holds it in a long transaction, or a statement runs
+    /// long), and with [`BackendError::Dead`] once the backend died.
+    ///
+    /// Blocks the calling thread; from async code, call it in `spawn_blocking`.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// let latency = server.ping(std::time::Duration::from_secs(2))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, ServerError> {
+        let Some(monitor) = &self.monitor else {
+            return Err(ServerError::Runtime(std::io::Error::other(
+                "the server is stopped",
+            )));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let ping = metrics::ping(monitor.backend.clone(), monitor.counters.clone(), timeout);
+        monitor.runtime.spawn(async move {
+            let _ = tx.send(ping.await);
+        });
+        rx.recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or(Err(ServerError::Timeout(timeout)))
+    }
+
+    /// Why the backend died, once a client's call or a [`ping`](Self::ping) saw it die; a server
+    /// with a dead backend answers every client with error 57P03.
+    ///
+    /// ```no_run
+    /// # let server = pglite_harness::Server::builder().start(pglite_harness::Backend::builder().open()?)?;
+    /// if let Some(reason) = server.dead_reason() {
+    ///     eprintln!("the database died: {reason}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dead_reason(&self) -> Option<String> {
+        self.monitor.as_ref()?.counters.dead_reason()
+    }
+
+    /// The server's counters since it started. The backend's memory size is sampled now if the
+    /// backend is free, else it is the last sample.
+    ///
+    /// ```no_run
+    /// # let server = pglite_harness::Server::builder().start(pglite_harness::Backend::builder().open()?)?;
+    /// println!("{} connections open", server.metrics().connections_open);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metrics(&self) -> ServerMetrics {
+        let Some(monitor) = &self.monitor else {
+            return ServerMetrics::default();
+        };
+        if let Ok(backend) = monitor.backend.try_lock() {
+            monitor.counters.sample_memory(&backend);
+        }
+        monitor.counters.snapshot()
     }
 }
 
