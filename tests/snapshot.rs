@@ -2,7 +2,7 @@
 
 mod support;
 
-use pglite_harness::{Backend, BackendError};
+use pglite_harness::{Backend, BackendError, Snapshot};
 use support::{query, scalar};
 
 #[test]
@@ -103,4 +103,76 @@ fn libraries_loaded_before_the_snapshot_work_in_every_clone() {
         assert_eq!(out.error.unwrap().message, "boom");
         db.close().unwrap();
     }
+}
+
+#[test]
+fn a_saved_snapshot_is_opened_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("template");
+    let mut template = Backend::builder().user("app").open().unwrap();
+    query(&mut template, "CREATE TABLE t(v text)");
+    query(&mut template, "INSERT INTO t SELECT 'row ' || g FROM generate_series(1, 500) g");
+    query(
+        &mut template,
+        "CREATE FUNCTION n() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM t); END $$",
+    );
+    assert_eq!(scalar(&mut template, "SELECT n()"), "500");
+    template.snapshot().unwrap().save(&saved).unwrap();
+    assert!(saved.join("memory.img").exists() && saved.join("state.bin").exists());
+
+    let output = support::run_child("child_opens_the_saved_snapshot", &[("SNAPSHOT_DIR", saved.to_str().unwrap())])
+        .output()
+        .unwrap();
+    let text = support::describe(&output);
+    assert!(output.status.success() && text.contains("CHILD OK"), "{text}");
+}
+
+#[test]
+#[ignore = "run by a_saved_snapshot_is_opened_by_another_process"]
+fn child_opens_the_saved_snapshot() {
+    let snapshot = Snapshot::load(std::env::var("SNAPSHOT_DIR").unwrap()).unwrap();
+    assert_eq!(snapshot.user(), "app");
+    for _ in 0..2 {
+        let mut db = snapshot.open().unwrap();
+        assert_eq!(scalar(&mut db, "SELECT n()"), "500");
+        assert_eq!(scalar(&mut db, "SELECT current_user"), "app");
+        query(&mut db, "INSERT INTO t VALUES ('mine')");
+        assert_eq!(scalar(&mut db, "SELECT n()"), "501");
+    }
+    println!("CHILD OK");
+}
+
+#[test]
+fn damaged_saved_snapshots_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("template");
+    let snapshot = Backend::builder().open().unwrap().snapshot().unwrap();
+    snapshot.save(&saved).unwrap();
+    snapshot.save(&saved).unwrap(); // already there: left alone
+
+    let state = saved.join("state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let original = bytes.clone();
+    bytes[40] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+    let err = Snapshot::load(&saved).unwrap_err();
+    assert!(matches!(err, BackendError::SnapshotFile { .. }), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+
+    std::fs::write(&state, &original[..original.len() / 2]).unwrap();
+    let err = Snapshot::load(&saved).unwrap_err().to_string();
+    assert!(err.contains("state.bin") || err.contains("filesystem"), "{err}");
+
+    std::fs::write(&state, &original).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(saved.join("memory.img"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let err = Snapshot::load(&saved).unwrap_err().to_string();
+    assert!(err.contains("memory.img"), "{err}");
+
+    let err = Snapshot::load(dir.path().join("missing")).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
 }

@@ -107,6 +107,14 @@ pub enum BackendError {
     /// The clean shutdown failed; the data directory will be recovered on next open.
     #[error("shutdown failed: {0}")]
     Shutdown(String),
+    /// A saved snapshot could not be written or read.
+    #[error("snapshot {}: {reason}", path.display())]
+    SnapshotFile {
+        /// The snapshot's directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The backend cannot be snapshotted; the reason says why.
     #[error("cannot snapshot the backend: {0}")]
     Snapshot(String),
@@ -404,6 +412,7 @@ impl Backend {
     ) -> Result<Backend, BackendError> {
         let (commands, receiver) = handoff::pair();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let in_memory = data_dir == DataDir::Memory;
         let thread = std::thread::Builder::new()
             .name("pglite-backend".into())
             .stack_size(BACKEND_THREAD_STACK)
@@ -417,7 +426,7 @@ impl Backend {
                 };
                 receiver.register();
                 let _ = ready_tx.send(Ok(instance.cancel_flag()));
-                serve(&mut instance, receiver, &log);
+                serve(&mut instance, receiver, &log, in_memory);
                 drop(instance);
                 drop(lock);
             })
@@ -785,6 +794,46 @@ impl Snapshot {
         })
     }
 
+    /// Saves the snapshot as the directory `dir` (written under a temporary name, then renamed
+    /// into place, so `dir` appears whole or not at all; an existing `dir` is left as it is).
+    /// [`Snapshot::load`] reads it back, in this process or another: the memory is mapped from
+    /// the file, shared by every backend opened from it.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Snapshot};
+    /// let snapshot = Backend::builder().open()?.snapshot()?;
+    /// snapshot.save("/tmp/my-template")?;
+    /// let again = Snapshot::load("/tmp/my-template")?;
+    /// let backend = again.open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), BackendError> {
+        let label = format!("{}\0{}", self.inner.user, self.inner.database);
+        crate::runtime::save_snapshot(&self.inner.instance, label.as_bytes(), dir.as_ref())
+            .map_err(|e| snapshot_file_error(dir.as_ref(), e))
+    }
+
+    /// Reads a snapshot saved by [`Snapshot::save`]. Damaged or foreign files are refused with
+    /// [`BackendError::SnapshotFile`].
+    pub fn load(dir: impl AsRef<Path>) -> Result<Snapshot, BackendError> {
+        let (instance, label) =
+            crate::runtime::load_snapshot(dir.as_ref()).map_err(|e| snapshot_file_error(dir.as_ref(), e))?;
+        let label = String::from_utf8(label).unwrap_or_default();
+        let Some((user, database)) = label.split_once('\0') else {
+            return Err(snapshot_file_error(
+                dir.as_ref(),
+                crate::runtime::SnapshotFileError::Invalid("the snapshot does not name its user and database".into()),
+            ));
+        };
+        Ok(Snapshot {
+            inner: Arc::new(SnapshotInner {
+                instance,
+                user: user.to_owned(),
+                database: database.to_owned(),
+            }),
+        })
+    }
+
     /// The role the snapshot's session runs as.
     pub fn user(&self) -> &str {
         &self.inner.user
@@ -793,6 +842,13 @@ impl Snapshot {
     /// The database the snapshot's session is connected to.
     pub fn database(&self) -> &str {
         &self.inner.database
+    }
+}
+
+fn snapshot_file_error(dir: &Path, e: crate::runtime::SnapshotFileError) -> BackendError {
+    BackendError::SnapshotFile {
+        path: dir.to_owned(),
+        reason: e.to_string(),
     }
 }
 
@@ -843,7 +899,12 @@ impl CancelHandle {
 }
 
 /// The worker loop: runs commands until `Close` or until the handle is dropped.
-fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, log: &ServerLog) {
+fn serve(
+    instance: &mut PgInstance,
+    commands: handoff::Worker<Command, Reply>,
+    log: &ServerLog,
+    in_memory: bool,
+) {
     let mut dead = false;
     while let Some(command) = commands.recv() {
         let reply = match command {
@@ -885,7 +946,9 @@ fn serve(instance: &mut PgInstance, commands: handoff::Worker<Command, Reply>, l
             Command::Snapshot if dead => Reply::Snapshot(Err(CallError::Trap("the backend is dead".into()))),
             Command::Snapshot => Reply::Snapshot(instance.snapshot()),
             Command::Close => {
-                let result = if dead { Ok(()) } else { instance.shutdown() };
+                // In memory nothing outlives the instance: a shutdown checkpoint would only write
+                // buffers to files about to be dropped.
+                let result = if dead || in_memory { Ok(()) } else { instance.shutdown() };
                 commands.reply(Reply::Done(result));
                 return;
             }

@@ -16,6 +16,7 @@ use wasmtime::{
 };
 
 use super::Runtime;
+use super::snapshot_file::{Decoder, Encoder, SnapshotFileError, invalid};
 use super::guest;
 use super::imports::with_memory;
 use super::sjlj;
@@ -97,6 +98,95 @@ struct Library {
     path: String,
     instance: Instance,
     memory_base: u32,
+}
+
+impl DylinkSnapshot {
+    /// Writes the records for a saved snapshot.
+    pub(crate) fn encode(&self, e: &mut Encoder) {
+        e.u32(self.events.len() as u32);
+        for event in &self.events {
+            match event {
+                LinkEvent::Load {
+                    path,
+                    memory_base,
+                    memory_size,
+                    table_base,
+                } => {
+                    e.u8(0);
+                    e.str(path);
+                    e.u32(*memory_base);
+                    e.u32(*memory_size);
+                    e.u32(*table_base);
+                }
+                LinkEvent::Slot { library, name, slot } => {
+                    e.u8(1);
+                    e.u32(library.map_or(u32::MAX, |l| l as u32));
+                    e.str(name);
+                    e.u32(*slot);
+                }
+            }
+        }
+        e.u32(self.by_handle.len() as u32);
+        for (handle, index) in &self.by_handle {
+            e.u32(*handle as u32);
+            e.u32(*index as u32);
+        }
+        e.u32(self.got.len() as u32);
+        for (kind, name, value, done) in &self.got {
+            e.u8(matches!(kind, GotKind::Func) as u8);
+            e.str(name);
+            e.u32(*value as u32);
+            e.u8(*done as u8);
+        }
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote, checking that every reference is in range.
+    pub(crate) fn decode(d: &mut Decoder<'_>) -> Result<DylinkSnapshot, SnapshotFileError> {
+        let mut events = Vec::new();
+        let mut libraries = 0usize;
+        for _ in 0..d.count()? {
+            events.push(match d.u8()? {
+                0 => {
+                    libraries += 1;
+                    LinkEvent::Load {
+                        path: d.string()?,
+                        memory_base: d.u32()?,
+                        memory_size: d.u32()?,
+                        table_base: d.u32()?,
+                    }
+                }
+                1 => {
+                    let library = match d.u32()? {
+                        u32::MAX => None,
+                        l if (l as usize) < libraries => Some(l as usize),
+                        _ => return Err(invalid("a table slot of a library not loaded yet")),
+                    };
+                    LinkEvent::Slot {
+                        library,
+                        name: d.string()?,
+                        slot: d.u32()?,
+                    }
+                }
+                _ => return Err(invalid("an unknown linker record")),
+            });
+        }
+        let by_handle = (0..d.count()?)
+            .map(|_| {
+                let (handle, index) = (d.u32()? as i32, d.u32()? as usize);
+                if index >= libraries {
+                    return Err(invalid("a dlopen handle of a library not loaded"));
+                }
+                Ok((handle, index))
+            })
+            .collect::<Result<_, _>>()?;
+        let got = (0..d.count()?)
+            .map(|_| {
+                let kind = if d.u8()? == 1 { GotKind::Func } else { GotKind::Mem };
+                Ok((kind, d.string()?, d.u32()? as i32, d.u8()? == 1))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(DylinkSnapshot { events, by_handle, got })
+    }
 }
 
 /// Records the linker's state of the instance in `store` (between calls).

@@ -80,17 +80,17 @@ pub(crate) struct PgInstance {
 /// Only instances whose filesystem is all in memory can be frozen. Side modules loaded by
 /// `dlopen` are recorded by the linker and loaded again, at the same places, on restore.
 pub(crate) struct InstanceSnapshot {
-    memory: Arc<MemoryImage>,
-    memory_size: usize,
-    globals: Vec<(u32, GlobalValue)>,
-    callback_slots: Vec<u32>,
-    table_size: u64,
+    pub(super) memory: Arc<MemoryImage>,
+    pub(super) memory_size: usize,
+    pub(super) globals: Vec<(u32, GlobalValue)>,
+    pub(super) callback_slots: Vec<u32>,
+    pub(super) table_size: u64,
     /// Libraries loaded and table slots added by the dynamic linker.
-    dylink: DylinkSnapshot,
+    pub(super) dylink: DylinkSnapshot,
     /// The filesystem, forked for each restore (a mutex only because `Vfs` is not `Sync`).
-    vfs: Mutex<Vfs>,
-    environ: Vec<Vec<u8>>,
-    monotonic: Duration,
+    pub(super) vfs: Mutex<Vfs>,
+    pub(super) environ: Vec<Vec<u8>>,
+    pub(super) monotonic: Duration,
 }
 
 impl std::fmt::Debug for InstanceSnapshot {
@@ -120,7 +120,7 @@ impl InstanceSnapshot {
 
 /// The value of a mutable global, independent of any store.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum GlobalValue {
+pub(super) enum GlobalValue {
     I32(i32),
     I64(i64),
     F32(u32),

@@ -75,11 +75,6 @@ impl MemoryImage {
         Ok(MemoryImage { file, len })
     }
 
-    /// The image's size in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Copies the image into `out` (a file to keep on disk), sparse where the image is zero.
     pub fn copy_to(&self, out: &File) -> io::Result<()> {
         out.set_len(self.len as u64)?;

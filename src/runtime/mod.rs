@@ -12,6 +12,7 @@ mod instance;
 mod memory;
 mod rewrite;
 pub(crate) mod sjlj;
+mod snapshot_file;
 mod state;
 
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
 pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
 pub(crate) use instance::{CallError, InstanceSnapshot, PgInstance};
 pub(crate) use memory::MemoryImage;
+pub use snapshot_file::SnapshotFileError;
+pub(crate) use snapshot_file::{load as load_snapshot, save as save_snapshot};
 pub use rewrite::RewriteError;
 pub(crate) use state::{HostState, MoreInput};
 
