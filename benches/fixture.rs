@@ -41,6 +41,7 @@ fn main() {
     for (label, builder) in [
         ("same process, later", PgliteDb::builder()),
         ("same process, later with migrations", PgliteDb::builder().migrations(MIGRATIONS)),
+        ("same process, later, temp_dir with migrations", PgliteDb::builder().temp_dir().migrations(MIGRATIONS)),
     ] {
         let mut drops = Vec::new();
         let runs: Vec<Duration> = (0..20)

@@ -91,6 +91,28 @@ async fn a_temp_dir_database_survives_restart(mut db: PgliteDb) {
     assert_eq!(count, 1000);
 }
 
+#[pglite_test(temp_dir, migrations = "tests/migrations", fixtures("tests/fixtures/users.sql"))]
+async fn a_temp_dir_database_starts_with_its_schema_and_keeps_it(mut db: PgliteDb) {
+    let count = |db: &PgliteDb| {
+        let url = db.url().to_owned();
+        async move {
+            let pool = PgPool::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    };
+    assert_eq!(count(&db).await, 2, "migrations and fixtures are in the new directory");
+    let pool = db.pool().await.unwrap();
+    sqlx::query("INSERT INTO users(email) VALUES ('new@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    db.restart().await.unwrap();
+    assert_eq!(count(&db).await, 3);
+}
+
 #[pglite_test(migrations = "tests/migrations")]
 async fn migrations_are_applied_and_recorded_like_sqlx(db: PgliteDb) {
     let pool = db.pool().await.unwrap();
