@@ -154,6 +154,9 @@ impl Default for BackendBuilder {
     }
 }
 
+/// How long an asynchronous exec waits actively for the backend's answer before yielding.
+const REPLY_SPIN: Duration = Duration::from_micros(200);
+
 /// Settings always passed at start (the official client's, §3.1 step 12).
 const OFFICIAL_SETTINGS: &[(&str, &str)] = &[
     ("search_path", "public"),
@@ -562,9 +565,23 @@ impl Backend {
             return Ok(Vec::new());
         };
         let runnable = runnable.to_vec();
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let reply = if self.commands.send(Command::Exec(runnable, more_input, Some(tx))) {
-            rx.await.ok()
+            // Most statements answer within tens of microseconds: waiting for them here costs
+            // less than parking the runtime's thread and being woken by the backend's thread.
+            let started = Instant::now();
+            loop {
+                match rx.try_recv() {
+                    Ok(reply) => break Some(reply),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break None,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) if started.elapsed() < REPLY_SPIN => {
+                        for _ in 0..64 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break rx.await.ok(),
+                }
+            }
         } else {
             None
         };
