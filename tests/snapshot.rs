@@ -42,6 +42,21 @@ fn a_restored_backend_runs_real_work() {
     assert_eq!(out.error.unwrap().code, "22012", "errors unwind and the backend carries on");
     assert_eq!(scalar(&mut db, "SELECT 2"), "2");
     query(&mut db, "CHECKPOINT");
+
+    // A cancel reaches a statement of a restored backend that computes without waiting.
+    let cancel = db.cancel_handle();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        cancel.cancel();
+    });
+    let error = db
+        .simple_query("SELECT count(*) FROM generate_series(1, 1000000000)")
+        .unwrap()
+        .error
+        .expect("cancelled");
+    canceller.join().unwrap();
+    assert_eq!(error.code, "57014");
+    assert_eq!(scalar(&mut db, "SELECT 3"), "3");
     db.close().unwrap();
 }
 

@@ -33,7 +33,8 @@ pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult
 
 use crate::assets;
 use crate::runtime::{
-    BACKEND_THREAD_STACK, CallError, InstanceSnapshot, MoreInput, PgInstance, Runtime, RuntimeError,
+    BACKEND_THREAD_STACK, CallError, InstanceSnapshot, InterruptFlags, MoreInput, PgInstance, Runtime,
+    RuntimeError,
 };
 use crate::vfs::{Durability, Vfs};
 use log::ServerLog;
@@ -395,7 +396,7 @@ impl Backend {
         let log = ServerLog::new();
         install_log(&mut vfs, &log);
         let identity = (builder.user, builder.database, builder.data_dir);
-        Backend::spawn(runtime, identity, lock, log, started, move |log| {
+        Backend::spawn(identity, lock, log, started, move |log| {
             PgInstance::instantiate(runtime, vfs, environ())
                 .and_then(|mut i| i.boot(&argv).map(|()| i))
                 .map_err(|e| boot_error(e, log))
@@ -406,7 +407,6 @@ impl Backend {
     /// Starts the backend thread: `start` makes the instance on it, then the thread serves
     /// commands until closed.
     fn spawn(
-        runtime: &'static Runtime,
         (user, database, data_dir): (String, String, DataDir),
         lock: Option<datadir::DataDirLock>,
         log: Arc<ServerLog>,
@@ -428,7 +428,7 @@ impl Backend {
                     }
                 };
                 receiver.register();
-                let _ = ready_tx.send(Ok(instance.cancel_flag()));
+                let _ = ready_tx.send(Ok(instance.interrupts()));
                 serve(&mut instance, receiver, &log, in_memory);
                 drop(instance);
                 drop(lock);
@@ -437,7 +437,7 @@ impl Backend {
                 context: "cannot start the backend thread".into(),
                 source,
             })?;
-        let cancel_flag = match ready_rx.recv() {
+        let interrupts = match ready_rx.recv() {
             Ok(Ok(flag)) => flag,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -455,10 +455,7 @@ impl Backend {
             user,
             database,
             commands,
-            cancel: CancelHandle {
-                flag: cancel_flag,
-                runtime,
-            },
+            cancel: CancelHandle { interrupts },
             thread: Some(thread),
             data_dir,
             dead: None,
@@ -804,7 +801,7 @@ impl Snapshot {
         let runtime = Runtime::global()?;
         let inner = self.inner.clone();
         let identity = (inner.user.clone(), inner.database.clone(), DataDir::Memory);
-        Backend::spawn(runtime, identity, None, ServerLog::new(), started, move |log| {
+        Backend::spawn(identity, None, ServerLog::new(), started, move |log| {
             let mut vfs = inner.instance.fork_vfs().map_err(|e| boot_error(e, log))?;
             install_log(&mut vfs, log);
             PgInstance::restore(runtime, &inner.instance, vfs).map_err(|e| boot_error(e, log))
@@ -892,8 +889,7 @@ fn install_log(vfs: &mut Vfs, log: &Arc<ServerLog>) {
 /// ```
 #[derive(Clone)]
 pub struct CancelHandle {
-    flag: Arc<std::sync::atomic::AtomicBool>,
-    runtime: &'static Runtime,
+    interrupts: Arc<InterruptFlags>,
 }
 
 impl std::fmt::Debug for CancelHandle {
@@ -905,13 +901,13 @@ impl std::fmt::Debug for CancelHandle {
 impl CancelHandle {
     /// Requests the cancel.
     pub fn cancel(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::Release);
-        self.runtime.interrupt_instances();
+        self.interrupts.request();
     }
 
-    /// Takes back a request not yet delivered.
+    /// Takes back a request not yet acted on (call it between statements: a running statement
+    /// may already have seen the request).
     pub fn withdraw(&self) {
-        self.flag.store(false, std::sync::atomic::Ordering::Release);
+        self.interrupts.withdraw();
     }
 }
 

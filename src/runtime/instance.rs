@@ -8,6 +8,7 @@ use wasmtime::{Caller, Func, Global, Ref, Store, TypedFunc, Val, WasmParams, Was
 
 use super::dylink::{self, DylinkSnapshot};
 use super::imports::with_memory;
+use super::interrupt::{FlagAddresses, InterruptFlags};
 use super::memory::{self, MemoryImage};
 use super::rewrite::{GLOBAL_EXPORT_PREFIX, START_EXPORT};
 use super::sjlj::ProcessExit;
@@ -224,16 +225,6 @@ impl PgInstance {
 
     fn instantiate_from(runtime: &Runtime, state: HostState, image: &Arc<MemoryImage>) -> Result<Self, CallError> {
         let mut store = Store::new(runtime.engine(), state);
-        // A cancel request bumps the engine's epoch; running wasm then calls back here, and the
-        // request is delivered to Postgres' interrupt flags.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            if let Some(memory) = ctx.data().exports.as_ref().map(|e| e.memory) {
-                let (mem, state) = memory.data_and_store_mut(&mut ctx);
-                state.deliver_cancel(mem);
-            }
-            Ok(wasmtime::UpdateDeadline::Continue(1))
-        });
         let instance = memory::with_image(image, || runtime.instance_pre().instantiate(&mut store)).map_err(trap)?;
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
@@ -293,6 +284,14 @@ impl PgInstance {
                 Some((index, export.into_global()?))
             })
             .collect();
+        let memory = exports.memory;
+        let flags = FlagAddresses::new(
+            memory.data_ptr(&store),
+            memory.data_size(&store),
+            exports.query_cancel_pending,
+            exports.interrupt_pending,
+        );
+        store.data().interrupts.attach(flags);
         store.data_mut().exports = Some(exports);
         Ok(Self {
             store,
@@ -392,9 +391,9 @@ impl PgInstance {
         vfs
     }
 
-    /// The flag that cancels the running statement when set (see `HostState::deliver_cancel`).
-    pub fn cancel_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.store.data().cancel.clone()
+    /// What cancels the running statement (see `super::interrupt`).
+    pub fn interrupts(&self) -> Arc<InterruptFlags> {
+        self.store.data().interrupts.clone()
     }
 
     /// The instance's filesystem (for `/dev/blob`).
@@ -566,6 +565,13 @@ impl PgInstance {
         }
         guest::write_i32(mem, array + 4 * argv.len() as i32, 0).map_err(fault)?;
         Ok((argv.len() as i32, array))
+    }
+}
+
+impl Drop for PgInstance {
+    fn drop(&mut self) {
+        // The memory goes with the store: cancel requests must no longer write into it.
+        self.store.data().interrupts.detach();
     }
 }
 

@@ -9,6 +9,7 @@ mod dylink;
 pub(crate) mod guest;
 mod imports;
 mod instance;
+mod interrupt;
 mod memory;
 mod rewrite;
 pub(crate) mod sjlj;
@@ -24,6 +25,7 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
 
 pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
 pub(crate) use instance::{CallError, InstanceSnapshot, PgInstance};
+pub(crate) use interrupt::InterruptFlags;
 pub(crate) use memory::MemoryImage;
 pub use snapshot_file::SnapshotFileError;
 pub(crate) use snapshot_file::{load as load_snapshot, save as save_snapshot};
@@ -178,11 +180,6 @@ impl Runtime {
         &self.instance_pre
     }
 
-    /// Makes every running instance check for a pending cancel request (see `PgInstance`).
-    pub(crate) fn interrupt_instances(&self) {
-        self.engine.increment_epoch();
-    }
-
     pub(crate) fn main_table_slot(&self, export: &str) -> Option<u32> {
         self.main_table_slots.get(export).copied()
     }
@@ -222,9 +219,7 @@ fn engine_config() -> Config {
         // Memories start from images this crate maps itself (see `memory`): a fresh boot from the
         // data segments, a clone from a snapshot.
         .with_host_memory(Arc::new(memory::ImageMemoryCreator))
-        .memory_init_cow(false)
-        // Lets a cancel request reach a statement that computes without calling the host.
-        .epoch_interruption(true);
+        .memory_init_cow(false);
     config
 }
 

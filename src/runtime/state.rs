@@ -1,12 +1,12 @@
 //! The per-instance host state kept in each wasmtime `Store`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wasmtime::{Global, Instance, Memory, Table, TypedFunc};
 
 use super::dylink::Dylinker;
+use super::interrupt::InterruptFlags;
 use crate::vfs::Vfs;
 
 /// Everything the imports of one PGlite instance need, owned by its `Store`.
@@ -25,8 +25,8 @@ pub(crate) struct HostState {
     pub timers: [Option<Instant>; 3],
     /// Origin of `emscripten_get_now` and monotonic clocks.
     pub epoch: Instant,
-    /// Set from another thread to cancel the running statement (a CancelRequest).
-    pub cancel: Arc<AtomicBool>,
+    /// Cancel requests from other threads (a CancelRequest); see `super::interrupt`.
+    pub interrupts: Arc<InterruptFlags>,
     /// Added to the monotonic clock: Postgres' waits (pg_sleep, lock waits) spin on that clock
     /// in PGlite, so a delivered cancel moves it forward to end the wait and reach the check.
     pub monotonic_skip: std::time::Duration,
@@ -42,7 +42,7 @@ impl HostState {
             dylinker: Dylinker::default(),
             timers: [None; 3],
             epoch: Instant::now(),
-            cancel: Arc::new(AtomicBool::new(false)),
+            interrupts: Arc::new(InterruptFlags::default()),
             monotonic_skip: std::time::Duration::ZERO,
         }
     }
@@ -52,12 +52,13 @@ impl HostState {
         self.epoch.elapsed() + self.monotonic_skip
     }
 
-    /// Delivers a pending cancel request the way Postgres' SIGINT handler does: it sets
-    /// `QueryCancelPending` and `InterruptPending`, and the next `CHECK_FOR_INTERRUPTS()` raises
-    /// "canceling statement due to user request" (57014). Called from imports Postgres reaches
-    /// while it waits (poll, clocks) and from the epoch callback while it computes.
+    /// Delivers a pending cancel request to a wait: the flags Postgres' SIGINT handler sets
+    /// (`QueryCancelPending`, `InterruptPending`; already written by the request itself, see
+    /// `super::interrupt`) and a jump of the monotonic clock, so that a wait spinning on it ends
+    /// and reaches `CHECK_FOR_INTERRUPTS()`, which raises "canceling statement due to user
+    /// request" (57014). Called from the imports Postgres reaches while it waits (poll, clocks).
     pub fn deliver_cancel(&mut self, mem: &mut [u8]) {
-        if !self.cancel.swap(false, Ordering::AcqRel) {
+        if !self.interrupts.take_request() {
             return;
         }
         let Some(exports) = &self.exports else { return };

@@ -396,7 +396,7 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             });
             // Nothing is ready (Postgres waiting on its latch, e.g. pg_sleep): wait a slice of the
             // timeout rather than spin. Postgres re-checks its clock and interrupts, then waits again.
-            if ready == 0 && timeout != 0 && !c.data().cancel.load(std::sync::atomic::Ordering::Acquire) {
+            if ready == 0 && timeout != 0 && !c.data().interrupts.is_requested() {
                 let slice = if timeout < 0 {
                     POLL_SLICE_MS
                 } else {
