@@ -22,11 +22,17 @@ fn main() {
         return child(&args[i + 1]);
     }
     println!("pglite-harness fixture benchmark: a fresh database to its first SELECT 1\n");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // Fresh processes. The first child warms the disk caches (compiled module, snapshots).
     let _ = run_child("plain");
-    for (case, label) in [("plain", "fresh process, warm disk caches"), ("migrations", "fresh process, with migrations")] {
+    for (case, label) in [
+        ("plain", "fresh process, warm disk caches"),
+        ("migrations", "fresh process, with migrations"),
+    ] {
         let runs: Vec<Duration> = (0..5).map(|_| run_child(case)).collect();
         row(label, &runs, "target < 150 ms");
     }
@@ -34,14 +40,23 @@ fn main() {
     // The same process: the first start pays for the template, later ones clone it.
     for (label, builder) in [
         ("same process, first (template boot)", PgliteDb::builder()),
-        ("same process, first with migrations", PgliteDb::builder().migrations(MIGRATIONS)),
+        (
+            "same process, first with migrations",
+            PgliteDb::builder().migrations(MIGRATIONS),
+        ),
     ] {
         row(label, &[runtime.block_on(first_query(builder))], "");
     }
     for (label, builder) in [
         ("same process, later", PgliteDb::builder()),
-        ("same process, later with migrations", PgliteDb::builder().migrations(MIGRATIONS)),
-        ("same process, later, temp_dir with migrations", PgliteDb::builder().temp_dir().migrations(MIGRATIONS)),
+        (
+            "same process, later with migrations",
+            PgliteDb::builder().migrations(MIGRATIONS),
+        ),
+        (
+            "same process, later, temp_dir with migrations",
+            PgliteDb::builder().temp_dir().migrations(MIGRATIONS),
+        ),
     ] {
         let mut drops = Vec::new();
         let runs: Vec<Duration> = (0..20)
@@ -93,7 +108,10 @@ async fn first_query(builder: PgliteDbBuilder) -> Duration {
 }
 
 fn child(case: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     match case {
         "plain" | "migrations" => {
             let builder = match case {
@@ -105,7 +123,9 @@ fn child(case: &str) {
                 let client = db.client().await.unwrap();
                 client.simple_query("SELECT 1").await.unwrap();
                 // When the answer came, on the wall clock the parent started the process by.
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
                 println!("RESULT {}", now.as_micros());
             });
         }
@@ -140,7 +160,9 @@ fn child(case: &str) {
 /// Runs `--child case` and returns the time from spawning the process to the answer of its
 /// first query (process start, module load, template and all).
 fn run_child(case: &str) -> Duration {
-    let spawned = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let spawned = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
         .args(["--child", case])
         .output()

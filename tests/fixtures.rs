@@ -10,14 +10,20 @@ use sqlx::{PgPool, Row};
 #[pglite_test]
 async fn a_new_database_is_a_real_postgres(db: PgliteDb) {
     let pool = PgPool::connect(db.url()).await.unwrap();
-    let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&pool).await.unwrap();
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(version.starts_with("PostgreSQL 18.6"), "{version}");
     let who: String = sqlx::query_scalar("SELECT current_user || '@' || current_database()")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(who, "postgres@postgres");
-    assert_eq!((db.user(), db.database(), db.host()), ("postgres", "postgres", "127.0.0.1"));
+    assert_eq!(
+        (db.user(), db.database(), db.host()),
+        ("postgres", "postgres", "127.0.0.1")
+    );
     assert!(db.data_dir().is_none());
 }
 
@@ -35,14 +41,20 @@ async fn tests_are_isolated_two(db: PgliteDb) {
 
 async fn assert_alone_with(db: &PgliteDb, mine: i32) {
     let pool = db.pool().await.unwrap();
-    sqlx::query("CREATE TABLE isolation(v int)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE isolation(v int)")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO isolation VALUES ($1)")
         .bind(mine)
         .execute(&pool)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let rows: Vec<i32> = sqlx::query_scalar("SELECT v FROM isolation").fetch_all(&pool).await.unwrap();
+    let rows: Vec<i32> = sqlx::query_scalar("SELECT v FROM isolation")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(rows, [mine]);
 }
 
@@ -53,8 +65,14 @@ async fn two_databases_of_one_test_share_nothing() {
     assert_ne!(a.port(), b.port());
     let a_client = a.client().await.unwrap();
     let b_client = b.client().await.unwrap();
-    a_client.batch_execute("CREATE TABLE only_in_a(x int)").await.unwrap();
-    let err = b_client.batch_execute("SELECT * FROM only_in_a").await.unwrap_err();
+    a_client
+        .batch_execute("CREATE TABLE only_in_a(x int)")
+        .await
+        .unwrap();
+    let err = b_client
+        .batch_execute("SELECT * FROM only_in_a")
+        .await
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P01");
 }
 
@@ -65,8 +83,15 @@ async fn a_dropped_database_frees_its_port() {
     let client = db.client().await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
     drop(db);
-    assert!(client.batch_execute("SELECT 1").await.is_err(), "the connection is closed");
-    assert!(tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_err());
+    assert!(
+        client.batch_execute("SELECT 1").await.is_err(),
+        "the connection is closed"
+    );
+    assert!(
+        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .is_err()
+    );
     // The port is free again: it can be bound.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free after drop");
 }
@@ -76,7 +101,10 @@ async fn a_temp_dir_database_survives_restart(mut db: PgliteDb) {
     let dir = db.data_dir().expect("file-backed").to_owned();
     assert!(dir.join("PG_VERSION").exists(), "PGDATA is in {}", dir.display());
     let pool = db.pool().await.unwrap();
-    sqlx::query("CREATE TABLE kept(v text)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE kept(v text)")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO kept SELECT 'row ' || g FROM generate_series(1, 1000) g")
         .execute(&pool)
         .await
@@ -87,22 +115,36 @@ async fn a_temp_dir_database_survives_restart(mut db: PgliteDb) {
     db.restart().await.unwrap();
     assert_eq!(db.port(), port, "same port after restart");
     let pool = db.pool().await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM kept").fetch_one(&pool).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM kept")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(count, 1000);
 }
 
-#[pglite_test(temp_dir, migrations = "tests/migrations", fixtures("tests/fixtures/users.sql"))]
+#[pglite_test(
+    temp_dir,
+    migrations = "tests/migrations",
+    fixtures("tests/fixtures/users.sql")
+)]
 async fn a_temp_dir_database_starts_with_its_schema_and_keeps_it(mut db: PgliteDb) {
     let count = |db: &PgliteDb| {
         let url = db.url().to_owned();
         async move {
             let pool = PgPool::connect(&url).await.unwrap();
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             pool.close().await;
             n
         }
     };
-    assert_eq!(count(&db).await, 2, "migrations and fixtures are in the new directory");
+    assert_eq!(
+        count(&db).await,
+        2,
+        "migrations and fixtures are in the new directory"
+    );
     let pool = db.pool().await.unwrap();
     sqlx::query("INSERT INTO users(email) VALUES ('new@example.com')")
         .execute(&pool)
@@ -120,10 +162,11 @@ async fn migrations_are_applied_and_recorded_like_sqlx(db: PgliteDb) {
         .execute(&pool)
         .await
         .unwrap();
-    let applied: Vec<(i64, String)> = sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY 1")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         applied,
         [
@@ -138,7 +181,10 @@ async fn migrations_are_applied_and_recorded_like_sqlx(db: PgliteDb) {
     migrator.run(&pool).await.unwrap();
 }
 
-#[pglite_test(migrations = "tests/migrations", fixtures("tests/fixtures/users.sql", "tests/fixtures/orders.sql"))]
+#[pglite_test(
+    migrations = "tests/migrations",
+    fixtures("tests/fixtures/users.sql", "tests/fixtures/orders.sql")
+)]
 async fn fixtures_are_loaded_after_migrations(db: PgliteDb) {
     let pool = db.pool().await.unwrap();
     let row = sqlx::query(
@@ -155,22 +201,38 @@ async fn fixtures_are_loaded_after_migrations(db: PgliteDb) {
 async fn extensions_are_created(db: PgliteDb) {
     let client = db.client().await.unwrap();
     let row = client
-        .query_one("SELECT ('a=>1'::hstore -> 'a'), similarity('word', 'words') > 0.5", &[])
+        .query_one(
+            "SELECT ('a=>1'::hstore -> 'a'), similarity('word', 'words') > 0.5",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("1".to_owned(), true));
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, bool>(1)),
+        ("1".to_owned(), true)
+    );
 }
 
 #[pglite_test(user = "app", database = "shop")]
 fn sync_tests_work_with_their_own_user_and_database(db: PgliteDb) {
     assert_eq!((db.user(), db.database()), ("app", "shop"));
-    assert!(db.url().contains("app@") && db.url().ends_with("/shop"), "{}", db.url());
+    assert!(
+        db.url().contains("app@") && db.url().ends_with("/shop"),
+        "{}",
+        db.url()
+    );
     // A synchronous client: tokio-postgres driven by a runtime of the test's own.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = db.client().await.unwrap();
-        let row = client.query_one("SELECT current_user::text, current_database()::text", &[]).await.unwrap();
-        assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("app".into(), "shop".into()));
+        let row = client
+            .query_one("SELECT current_user::text, current_database()::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            ("app".into(), "shop".into())
+        );
     });
 }
 
@@ -192,11 +254,17 @@ async fn the_builder_covers_passwords_and_settings() {
         .unwrap();
     assert_eq!(db.password(), Some("s3cret"));
     let pool = db.pool().await.unwrap();
-    let work_mem: String = sqlx::query_scalar("SHOW work_mem").fetch_one(&pool).await.unwrap();
+    let work_mem: String = sqlx::query_scalar("SHOW work_mem")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(work_mem, "16MB");
     let wrong = db.url().replace("s3cret", "wrong");
     let err = PgPool::connect(&wrong).await.unwrap_err();
-    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -210,11 +278,22 @@ async fn bad_recipes_fail_with_the_file_and_the_reason() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("1_broken.sql"), "CREATE TABLE (").unwrap();
-    let err = PgliteDb::builder().migrations(dir.path()).start().await.unwrap_err();
+    let err = PgliteDb::builder()
+        .migrations(dir.path())
+        .start()
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("1_broken.sql") && text.contains("syntax error"), "{text}");
+    assert!(
+        text.contains("1_broken.sql") && text.contains("syntax error"),
+        "{text}"
+    );
 
-    let err = PgliteDb::builder().extension("no_such_ext").start().await.unwrap_err();
+    let err = PgliteDb::builder()
+        .extension("no_such_ext")
+        .start()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no_such_ext"), "{err}");
 }
 
@@ -236,8 +315,16 @@ async fn child_a_panics_with_a_database(db: PgliteDb) {
 #[test]
 #[ignore = "run by a_panicking_test_cleans_up in a child process"]
 fn child_b_checks_the_cleanup() {
-    let (port, dir) = PANICKED_DB.lock().unwrap().clone().expect("the panicking test ran first");
-    assert!(dir.parent().unwrap().exists() && !dir.exists(), "{} was removed", dir.display());
+    let (port, dir) = PANICKED_DB
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the panicking test ran first");
+    assert!(
+        dir.parent().unwrap().exists() && !dir.exists(),
+        "{} was removed",
+        dir.display()
+    );
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
     println!("CLEANUP OK port {port} dir {}", dir.display());
 }
@@ -250,8 +337,14 @@ fn a_panicking_test_cleans_up() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let all = support::describe(&output);
-    assert!(stdout.contains("child_a_panics_with_a_database ... FAILED"), "{all}");
+    assert!(
+        stdout.contains("child_a_panics_with_a_database ... FAILED"),
+        "{all}"
+    );
     assert!(all.contains("the test failed on purpose"), "{all}");
     assert!(stdout.contains("CLEANUP OK"), "{all}");
-    assert!(stdout.contains("1 passed; 1 failed"), "only the panicking test fails: {all}");
+    assert!(
+        stdout.contains("1 passed; 1 failed"),
+        "only the panicking test fails: {all}"
+    );
 }

@@ -18,7 +18,11 @@ fn backends_opened_from_one_snapshot_share_nothing() {
     query(&mut b, "DELETE FROM users");
     assert_eq!(scalar(&mut a, "SELECT count(*) FROM users"), "2");
     assert_eq!(scalar(&mut b, "SELECT count(*) FROM users"), "0");
-    assert_eq!(scalar(&mut template, "SELECT count(*) FROM users"), "1", "the template is untouched");
+    assert_eq!(
+        scalar(&mut template, "SELECT count(*) FROM users"),
+        "1",
+        "the template is untouched"
+    );
     let mut c = snapshot.open().unwrap();
     assert_eq!(scalar(&mut c, "SELECT string_agg(name, ',') FROM users"), "ada");
     for backend in [a, b, c, template] {
@@ -31,7 +35,10 @@ fn a_restored_backend_runs_real_work() {
     let snapshot = Backend::builder().open().unwrap().snapshot().unwrap();
     let mut db = snapshot.open().unwrap();
     query(&mut db, "CREATE TABLE t(id serial PRIMARY KEY, v text)");
-    query(&mut db, "INSERT INTO t(v) SELECT md5(g::text) FROM generate_series(1, 20000) g");
+    query(
+        &mut db,
+        "INSERT INTO t(v) SELECT md5(g::text) FROM generate_series(1, 20000) g",
+    );
     query(&mut db, "CREATE INDEX ON t(v)");
     let indexed = "SELECT count(*) FROM t WHERE v > 'a'";
     let computed = "SELECT count(*) FROM generate_series(1, 20000) g WHERE md5(g::text) > 'a'";
@@ -39,7 +46,11 @@ fn a_restored_backend_runs_real_work() {
     // PL/pgSQL loads a side module after the restore.
     query(&mut db, "DO $$ BEGIN PERFORM 1; END $$");
     let out = db.simple_query("SELECT 1/0").unwrap();
-    assert_eq!(out.error.unwrap().code, "22012", "errors unwind and the backend carries on");
+    assert_eq!(
+        out.error.unwrap().code,
+        "22012",
+        "errors unwind and the backend carries on"
+    );
     assert_eq!(scalar(&mut db, "SELECT 2"), "2");
     query(&mut db, "CHECKPOINT");
 
@@ -71,7 +82,10 @@ fn the_session_user_and_database_survive_the_snapshot() {
         .unwrap();
     assert_eq!((snapshot.user(), snapshot.database()), ("app", "shop"));
     let mut db = snapshot.open().unwrap();
-    assert_eq!(scalar(&mut db, "SELECT current_user || '@' || current_database()"), "app@shop");
+    assert_eq!(
+        scalar(&mut db, "SELECT current_user || '@' || current_database()"),
+        "app@shop"
+    );
 }
 
 #[test]
@@ -93,7 +107,11 @@ fn snapshots_of_busy_or_file_backed_backends_are_refused_with_the_reason() {
 
 #[test]
 fn libraries_loaded_before_the_snapshot_work_in_every_clone() {
-    let mut template = Backend::builder().extension("hstore").extension("pg_trgm").open().unwrap();
+    let mut template = Backend::builder()
+        .extension("hstore")
+        .extension("pg_trgm")
+        .open()
+        .unwrap();
     query(&mut template, "CREATE EXTENSION hstore");
     query(
         &mut template,
@@ -105,16 +123,30 @@ fn libraries_loaded_before_the_snapshot_work_in_every_clone() {
 
     for _ in 0..3 {
         let mut db = snapshot.open().unwrap();
-        assert_eq!(scalar(&mut db, "SELECT bump(41)"), "42", "PL/pgSQL, loaded before the snapshot");
-        assert_eq!(scalar(&mut db, "SELECT 'a=>1'::hstore -> 'a'"), "1", "hstore's library");
+        assert_eq!(
+            scalar(&mut db, "SELECT bump(41)"),
+            "42",
+            "PL/pgSQL, loaded before the snapshot"
+        );
+        assert_eq!(
+            scalar(&mut db, "SELECT 'a=>1'::hstore -> 'a'"),
+            "1",
+            "hstore's library"
+        );
         query(&mut db, "CREATE EXTENSION pg_trgm");
-        assert_eq!(scalar(&mut db, "SELECT similarity('word', 'words') > 0.5"), "t", "a library loaded after");
+        assert_eq!(
+            scalar(&mut db, "SELECT similarity('word', 'words') > 0.5"),
+            "t",
+            "a library loaded after"
+        );
         query(
             &mut db,
             "CREATE FUNCTION twice(x int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN bump(bump(x)); END $$",
         );
         assert_eq!(scalar(&mut db, "SELECT twice(1)"), "3");
-        let out = db.simple_query("DO $$ BEGIN RAISE EXCEPTION 'boom'; END $$").unwrap();
+        let out = db
+            .simple_query("DO $$ BEGIN RAISE EXCEPTION 'boom'; END $$")
+            .unwrap();
         assert_eq!(out.error.unwrap().message, "boom");
         db.close().unwrap();
     }
@@ -126,7 +158,10 @@ fn a_saved_snapshot_is_opened_by_another_process() {
     let saved = dir.path().join("template");
     let mut template = Backend::builder().user("app").open().unwrap();
     query(&mut template, "CREATE TABLE t(v text)");
-    query(&mut template, "INSERT INTO t SELECT 'row ' || g FROM generate_series(1, 500) g");
+    query(
+        &mut template,
+        "INSERT INTO t SELECT 'row ' || g FROM generate_series(1, 500) g",
+    );
     query(
         &mut template,
         "CREATE FUNCTION n() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT count(*) FROM t); END $$",
@@ -135,9 +170,12 @@ fn a_saved_snapshot_is_opened_by_another_process() {
     template.snapshot().unwrap().save(&saved).unwrap();
     assert!(saved.join("memory.img").exists() && saved.join("state.bin").exists());
 
-    let output = support::run_child("child_opens_the_saved_snapshot", &[("SNAPSHOT_DIR", saved.to_str().unwrap())])
-        .output()
-        .unwrap();
+    let output = support::run_child(
+        "child_opens_the_saved_snapshot",
+        &[("SNAPSHOT_DIR", saved.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
     let text = support::describe(&output);
     assert!(output.status.success() && text.contains("CHILD OK"), "{text}");
 }
@@ -188,6 +226,8 @@ fn damaged_saved_snapshots_are_refused_with_the_reason() {
     let err = Snapshot::load(&saved).unwrap_err().to_string();
     assert!(err.contains("memory.img"), "{err}");
 
-    let err = Snapshot::load(dir.path().join("missing")).unwrap_err().to_string();
+    let err = Snapshot::load(dir.path().join("missing"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing"), "{err}");
 }

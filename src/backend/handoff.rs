@@ -54,7 +54,7 @@ pub(crate) fn pair<Req, Resp>() -> (Caller<Req, Resp>, Worker<Req, Resp>) {
 }
 
 /// Spins, then parks, until `ready` is set or `closed` is.
-fn wait(ready: &AtomicBool, closed: &AtomicBool) -> bool {
+fn wait(ready: &AtomicBool, closed: &AtomicBool, spin: Duration) -> bool {
     let started = Instant::now();
     loop {
         if ready.load(Ordering::Acquire) {
@@ -63,7 +63,7 @@ fn wait(ready: &AtomicBool, closed: &AtomicBool) -> bool {
         if closed.load(Ordering::Acquire) {
             return ready.load(Ordering::Acquire);
         }
-        if started.elapsed() < SPIN {
+        if started.elapsed() < spin {
             std::hint::spin_loop();
         } else {
             thread::park_timeout(Duration::from_millis(100));
@@ -83,7 +83,7 @@ impl<Req, Resp> Caller<Req, Resp> {
         if !self.send(request) {
             return None;
         }
-        if !wait(&s.has_reply, &s.closed) {
+        if !wait(&s.has_reply, &s.closed, SPIN) {
             return None;
         }
         s.has_reply.store(false, Ordering::Release);
@@ -124,7 +124,7 @@ impl<Req, Resp> Worker<Req, Resp> {
     /// Waits for the next request; `None` once the caller is gone.
     pub fn recv(&self) -> Option<Req> {
         let s = &*self.shared;
-        if !wait(&s.has_request, &s.closed) {
+        if !wait(&s.has_request, &s.closed, SPIN) {
             return None;
         }
         s.has_request.store(false, Ordering::Release);

@@ -30,7 +30,6 @@ pub use datadir::{DataDir, LOCK_FILE};
 pub use protocol::ProtocolError;
 pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
 
-
 use crate::assets;
 use crate::runtime::{
     BACKEND_THREAD_STACK, CallError, InstanceSnapshot, InterruptFlags, MoreInput, PgInstance, Runtime,
@@ -337,7 +336,7 @@ enum Reply {
     InTransaction(Result<bool, CallError>),
     MemorySize(usize),
     Blob(Vec<u8>),
-    Snapshot(Result<InstanceSnapshot, CallError>),
+    Snapshot(Result<Box<InstanceSnapshot>, CallError>),
     Done(Result<(), CallError>),
 }
 
@@ -500,7 +499,7 @@ impl Backend {
         match self.commands.call(Command::Snapshot) {
             Some(Reply::Snapshot(Ok(instance))) => Ok(Snapshot {
                 inner: Arc::new(SnapshotInner {
-                    instance,
+                    instance: *instance,
                     user: self.user.clone(),
                     database: self.database.clone(),
                 }),
@@ -571,7 +570,9 @@ impl Backend {
                 match rx.try_recv() {
                     Ok(reply) => break Some(reply),
                     Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break None,
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) if started.elapsed() < REPLY_SPIN => {
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                        if started.elapsed() < REPLY_SPIN =>
+                    {
                         for _ in 0..64 {
                             std::hint::spin_loop();
                         }
@@ -836,7 +837,9 @@ impl Snapshot {
         let Some((user, database)) = label.split_once('\0') else {
             return Err(snapshot_file_error(
                 dir.as_ref(),
-                crate::runtime::SnapshotFileError::Invalid("the snapshot does not name its user and database".into()),
+                crate::runtime::SnapshotFileError::Invalid(
+                    "the snapshot does not name its user and database".into(),
+                ),
             ));
         };
         Ok(Snapshot {
@@ -957,11 +960,15 @@ fn serve(
             }
             Command::TakeBlob => Reply::Blob(instance.vfs_mut().take_blob_output()),
             Command::Snapshot if dead => Reply::Snapshot(Err(CallError::Trap("the backend is dead".into()))),
-            Command::Snapshot => Reply::Snapshot(instance.snapshot()),
+            Command::Snapshot => Reply::Snapshot(instance.snapshot().map(Box::new)),
             Command::Close => {
                 // In memory nothing outlives the instance: a shutdown checkpoint would only write
                 // buffers to files about to be dropped.
-                let result = if dead || in_memory { Ok(()) } else { instance.shutdown() };
+                let result = if dead || in_memory {
+                    Ok(())
+                } else {
+                    instance.shutdown()
+                };
                 commands.reply(Reply::Done(result));
                 return;
             }

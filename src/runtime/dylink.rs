@@ -11,15 +11,15 @@
 use std::collections::HashMap;
 
 use wasmtime::{
-    AsContext, AsContextMut, Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val,
-    ValType,
+    AsContext, AsContextMut, Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref,
+    Val, ValType,
 };
 
 use super::Runtime;
-use super::snapshot_file::{Decoder, Encoder, SnapshotFileError, invalid};
 use super::guest;
 use super::imports::with_memory;
 use super::sjlj;
+use super::snapshot_file::{Decoder, Encoder, SnapshotFileError, invalid};
 use super::state::HostState;
 
 type C<'a> = Caller<'a, HostState>;
@@ -77,7 +77,11 @@ enum LinkEvent {
         table_base: u32,
     },
     /// A function got a new table slot.
-    Slot { library: Option<usize>, name: String, slot: u32 },
+    Slot {
+        library: Option<usize>,
+        name: String,
+        slot: u32,
+    },
 }
 
 /// The linker's state in a snapshot, independent of any store.
@@ -185,7 +189,11 @@ impl DylinkSnapshot {
                 Ok((kind, d.string()?, d.u32()? as i32, d.u8()? == 1))
             })
             .collect::<Result<_, _>>()?;
-        Ok(DylinkSnapshot { events, by_handle, got })
+        Ok(DylinkSnapshot {
+            events,
+            by_handle,
+            got,
+        })
     }
 }
 
@@ -454,7 +462,11 @@ fn load_at(c: &mut impl Ctx, path: &str, placed: Option<Placement>) -> Result<us
     if let Some(placed) = placed
         && placed.table_base != table_base
     {
-        return Err(format!("the table has {table_base} slots, the snapshot placed it at {}", placed.table_base).into());
+        return Err(format!(
+            "the table has {table_base} slots, the snapshot placed it at {}",
+            placed.table_base
+        )
+        .into());
     }
     if info.table_size > 0 {
         exports
@@ -535,7 +547,8 @@ fn got_entry(c: &mut impl Ctx, kind: GotKind, name: &str) -> Result<Global, Load
 
 /// Gives every GOT entry not yet resolved its address or table slot, where a definition exists.
 fn resolve_got(c: &mut impl Ctx) -> wasmtime::Result<()> {
-    let pending: Vec<(GotKind, String, Global)> = c.state()
+    let pending: Vec<(GotKind, String, Global)> = c
+        .state()
         .dylinker
         .got
         .iter()
@@ -566,7 +579,8 @@ fn data_address(c: &mut impl Ctx, main: Instance, name: &str) -> Option<u32> {
     if let Some(Extern::Global(g)) = main.get_export(&mut *c, name) {
         return g.get(&mut *c).i32().map(|v| v as u32);
     }
-    let libraries: Vec<(Instance, u32)> = c.state()
+    let libraries: Vec<(Instance, u32)> = c
+        .state()
         .dylinker
         .libraries
         .iter()

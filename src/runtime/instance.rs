@@ -153,7 +153,8 @@ impl PgInstance {
     /// Instantiates the module over `vfs` with `environ`, its memory holding the module's data
     /// segments, and runs its former start function.
     pub fn instantiate(runtime: &Runtime, vfs: Vfs, environ: Vec<Vec<u8>>) -> Result<Self, CallError> {
-        let mut instance = Self::instantiate_from(runtime, HostState::new(vfs, environ), runtime.initial_image())?;
+        let mut instance =
+            Self::instantiate_from(runtime, HostState::new(vfs, environ), runtime.initial_image())?;
         instance.call(instance.entry.harness_start.clone(), ())?;
         Ok(instance)
     }
@@ -174,7 +175,9 @@ impl PgInstance {
                 .iter()
                 .find(|(i, _)| *i == index)
                 .map(|(_, g)| *g)
-                .ok_or_else(|| CallError::Trap(format!("the snapshot has global {index}, the module has not")))?;
+                .ok_or_else(|| {
+                    CallError::Trap(format!("the snapshot has global {index}, the module has not"))
+                })?;
             global.set(&mut instance.store, value.val()).map_err(trap)?;
         }
         let slots = instance.add_callbacks()?;
@@ -223,9 +226,14 @@ impl PgInstance {
         })
     }
 
-    fn instantiate_from(runtime: &Runtime, state: HostState, image: &Arc<MemoryImage>) -> Result<Self, CallError> {
+    fn instantiate_from(
+        runtime: &Runtime,
+        state: HostState,
+        image: &Arc<MemoryImage>,
+    ) -> Result<Self, CallError> {
         let mut store = Store::new(runtime.engine(), state);
-        let instance = memory::with_image(image, || runtime.instance_pre().instantiate(&mut store)).map_err(trap)?;
+        let instance =
+            memory::with_image(image, || runtime.instance_pre().instantiate(&mut store)).map_err(trap)?;
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
             ($name:expr) => {

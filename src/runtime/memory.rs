@@ -66,7 +66,7 @@ impl MemoryImage {
 
     /// An image read from `file` (a snapshot on disk): its first `len` bytes.
     pub fn from_file(file: File, len: usize) -> io::Result<MemoryImage> {
-        if len % HOST_PAGE != 0 || file.metadata()?.len() < len as u64 {
+        if !len.is_multiple_of(HOST_PAGE) || file.metadata()?.len() < len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("a memory image of {len} bytes needs a file of at least that many whole pages"),
@@ -219,7 +219,8 @@ impl ImageMemory {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )?
         };
-        let base = std::ptr::NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let base =
+            std::ptr::NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(ImageMemory {
             base,
             capacity,
@@ -312,7 +313,8 @@ mod tests {
 
     #[test]
     fn a_memory_maps_its_image_and_grows_with_zeros() {
-        let image = Arc::new(MemoryImage::from_segments(&[(10, b"hello"), (70_000, b"world")], 128 << 10).unwrap());
+        let image =
+            Arc::new(MemoryImage::from_segments(&[(10, b"hello"), (70_000, b"world")], 128 << 10).unwrap());
         let mut memory = ImageMemory::reserve(1 << 20, 64 << 10, Some(image.clone())).unwrap();
         memory.grow_to(64 << 10).unwrap();
         // SAFETY: 64 KiB are mapped from `as_ptr`.
@@ -323,7 +325,11 @@ mod tests {
         // SAFETY: 256 KiB are mapped now.
         let bytes = unsafe { std::slice::from_raw_parts_mut(memory.as_ptr(), 256 << 10) };
         assert_eq!(&bytes[10..15], b"jello", "writes stay after a grow");
-        assert_eq!(&bytes[70_000..70_005], b"world", "the image continues past the first size");
+        assert_eq!(
+            &bytes[70_000..70_005],
+            b"world",
+            "the image continues past the first size"
+        );
         assert!(bytes[200_000..].iter().all(|&b| b == 0), "past the image: zeros");
         let mut original = [0u8; 5];
         image.read_at(&mut original, 10).unwrap();

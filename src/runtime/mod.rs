@@ -27,9 +27,9 @@ pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
 pub(crate) use instance::{CallError, InstanceSnapshot, PgInstance};
 pub(crate) use interrupt::InterruptFlags;
 pub(crate) use memory::MemoryImage;
+pub use rewrite::RewriteError;
 pub use snapshot_file::SnapshotFileError;
 pub(crate) use snapshot_file::{load as load_snapshot, save as save_snapshot};
-pub use rewrite::RewriteError;
 pub(crate) use state::{HostState, MoreInput};
 
 use crate::assets;

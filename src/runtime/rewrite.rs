@@ -46,7 +46,11 @@ pub(crate) fn initial_memory_image(wasm: &[u8]) -> Result<Vec<(u32, &[u8])>, Rew
         if let Payload::DataSection(reader) = payload? {
             for data in reader {
                 let data = data?;
-                if let DataKind::Active { memory_index: 0, offset_expr } = data.kind {
+                if let DataKind::Active {
+                    memory_index: 0,
+                    offset_expr,
+                } = data.kind
+                {
                     segments.push((constant_offset(&offset_expr)?, data.data));
                 }
             }
@@ -171,7 +175,11 @@ pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> 
                     section.export(START_EXPORT, ExportKind::Func, start);
                 }
                 for &global in &shape.mutable_globals {
-                    section.export(&format!("{GLOBAL_EXPORT_PREFIX}{global}"), ExportKind::Global, global);
+                    section.export(
+                        &format!("{GLOBAL_EXPORT_PREFIX}{global}"),
+                        ExportKind::Global,
+                        global,
+                    );
                 }
                 out.section(&section);
             }
@@ -219,7 +227,8 @@ mod tests {
         let out = prepare_main_module(crate::assets::PGLITE_WASM).unwrap();
         let mut saw_export = false;
         let mut imports = 0;
-        let (mut start_export, mut globals_exported, mut has_start, mut active_segments) = (false, 0, false, 0);
+        let (mut start_export, mut globals_exported, mut has_start, mut active_segments) =
+            (false, 0, false, 0);
         for payload in Parser::new(0).parse_all(&out) {
             match payload.unwrap() {
                 Payload::ImportSection(reader) => {
@@ -255,8 +264,14 @@ mod tests {
             }
         }
         assert!(saw_export);
-        assert!(start_export && globals_exported >= 4, "start and mutable globals are exported");
-        assert!(!has_start && active_segments == 0, "nothing writes memory at instantiation");
+        assert!(
+            start_export && globals_exported >= 4,
+            "start and mutable globals are exported"
+        );
+        assert!(
+            !has_start && active_segments == 0,
+            "nothing writes memory at instantiation"
+        );
         assert_eq!(imports, 135, "every function import is kept");
         wasmparser::Validator::new().validate_all(&out).unwrap();
     }
@@ -265,7 +280,11 @@ mod tests {
     fn the_initial_image_holds_every_active_segment() {
         let image = initial_memory_image(crate::assets::PGLITE_WASM).unwrap();
         assert!(!image.is_empty());
-        let end = image.iter().map(|(at, bytes)| *at as usize + bytes.len()).max().unwrap();
+        let end = image
+            .iter()
+            .map(|(at, bytes)| *at as usize + bytes.len())
+            .max()
+            .unwrap();
         // §0 of the ABI notes: the active data segments end at 2,775,535 (exclusive).
         assert_eq!(end, 2_775_535);
     }

@@ -66,14 +66,18 @@ pub(crate) fn save(snapshot: &InstanceSnapshot, label: &[u8], dir: &Path) -> Res
         .map_err(io(format!("cannot create a directory in {}", parent.display())))?;
 
     let memory = File::create(tmp.path().join(MEMORY_FILE)).map_err(io("cannot create memory.img"))?;
-    snapshot.memory.copy_to(&memory).map_err(io("cannot write memory.img"))?;
+    snapshot
+        .memory
+        .copy_to(&memory)
+        .map_err(io("cannot write memory.img"))?;
     memory.sync_all().map_err(io("cannot sync memory.img"))?;
 
     let state = File::create(tmp.path().join(STATE_FILE)).map_err(io("cannot create state.bin"))?;
     let mut out = BufWriter::with_capacity(1 << 20, state);
     let header = encode_header(snapshot, label);
     out.write_all(&header).map_err(io("cannot write state.bin"))?;
-    out.write_all(&Sha256::digest(&header)).map_err(io("cannot write state.bin"))?;
+    out.write_all(&Sha256::digest(&header))
+        .map_err(io("cannot write state.bin"))?;
     let vfs = snapshot
         .vfs
         .lock()
@@ -81,7 +85,9 @@ pub(crate) fn save(snapshot: &InstanceSnapshot, label: &[u8], dir: &Path) -> Res
     vfs.write_snapshot(&mut out)
         .map_err(|e| SnapshotFileError::Invalid(format!("cannot write the filesystem: {e}")))?;
     drop(vfs);
-    let state = out.into_inner().map_err(|e| io("cannot write state.bin")(e.into_error()))?;
+    let state = out
+        .into_inner()
+        .map_err(|e| io("cannot write state.bin")(e.into_error()))?;
     state.sync_all().map_err(io("cannot sync state.bin"))?;
 
     let tmp = tmp.keep();
@@ -94,19 +100,26 @@ pub(crate) fn save(snapshot: &InstanceSnapshot, label: &[u8], dir: &Path) -> Res
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(io(format!("cannot rename the snapshot into {}", dir.display()))(e))
+            Err(io(format!("cannot rename the snapshot into {}", dir.display()))(
+                e,
+            ))
         }
     }
 }
 
 /// Reads the snapshot saved in `dir`, and its label.
 pub(crate) fn load(dir: &Path) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFileError> {
-    let state = File::open(dir.join(STATE_FILE)).map_err(io(format!("cannot open {}/{STATE_FILE}", dir.display())))?;
+    let state = File::open(dir.join(STATE_FILE))
+        .map_err(io(format!("cannot open {}/{STATE_FILE}", dir.display())))?;
     let mut input = BufReader::with_capacity(1 << 20, state);
     let mut fixed = [0u8; 16];
-    input.read_exact(&mut fixed).map_err(io("cannot read state.bin"))?;
+    input
+        .read_exact(&mut fixed)
+        .map_err(io("cannot read state.bin"))?;
     if &fixed[..8] != MAGIC {
-        return Err(SnapshotFileError::Invalid("state.bin is not a pglite-harness snapshot".into()));
+        return Err(SnapshotFileError::Invalid(
+            "state.bin is not a pglite-harness snapshot".into(),
+        ));
     }
     let version = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
@@ -116,25 +129,36 @@ pub(crate) fn load(dir: &Path) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFi
     }
     let len = u32::from_le_bytes(fixed[12..16].try_into().expect("4 bytes")) as usize;
     if len > 64 << 20 {
-        return Err(SnapshotFileError::Invalid("state.bin's header length is implausible".into()));
+        return Err(SnapshotFileError::Invalid(
+            "state.bin's header length is implausible".into(),
+        ));
     }
     let mut header = fixed.to_vec();
     header.resize(16 + len, 0);
-    input.read_exact(&mut header[16..]).map_err(io("state.bin is truncated"))?;
+    input
+        .read_exact(&mut header[16..])
+        .map_err(io("state.bin is truncated"))?;
     let mut digest = [0u8; 32];
-    input.read_exact(&mut digest).map_err(io("state.bin is truncated"))?;
+    input
+        .read_exact(&mut digest)
+        .map_err(io("state.bin is truncated"))?;
     if Sha256::digest(&header).as_slice() != digest {
-        return Err(SnapshotFileError::Invalid("state.bin is damaged (checksum mismatch)".into()));
+        return Err(SnapshotFileError::Invalid(
+            "state.bin is damaged (checksum mismatch)".into(),
+        ));
     }
     let (mut snapshot, label) = decode_header(&header[16..])?;
     let vfs = Vfs::read_snapshot(&mut input)
         .map_err(|e| SnapshotFileError::Invalid(format!("the saved filesystem is unusable: {e}")))?;
     if !input.fill_buf().map_err(io("cannot read state.bin"))?.is_empty() {
-        return Err(SnapshotFileError::Invalid("state.bin has bytes after its end".into()));
+        return Err(SnapshotFileError::Invalid(
+            "state.bin has bytes after its end".into(),
+        ));
     }
     snapshot.vfs = Mutex::new(vfs);
 
-    let memory = File::open(dir.join(MEMORY_FILE)).map_err(io(format!("cannot open {}/{MEMORY_FILE}", dir.display())))?;
+    let memory = File::open(dir.join(MEMORY_FILE))
+        .map_err(io(format!("cannot open {}/{MEMORY_FILE}", dir.display())))?;
     snapshot.memory = Arc::new(
         MemoryImage::from_file(memory, snapshot.memory_size)
             .map_err(|e| SnapshotFileError::Invalid(format!("memory.img: {e}")))?,
