@@ -1,25 +1,14 @@
 //! The `pglite-harness serve` command, run as a child process: queried with psql (PostgreSQL
 //! 18.6, from scripts/native-postgres), stopped with SIGTERM, its data intact on the next start.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The directory of the psql binary.
-fn client_bin_dir() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
-    let output = Command::new(&script)
-        .arg("bindir")
-        .output()
-        .expect("scripts/native-postgres runs");
-    assert!(
-        output.status.success(),
-        "native-postgres bindir: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+use support::client_bin_dir;
 
 /// `psql URL -c SQL`, tuples only; fails the test on an error.
 fn psql(url: &str, sql: &str) -> String {

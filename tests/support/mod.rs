@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use pglite_harness::{Backend, SimpleQueryOutput};
@@ -53,4 +54,20 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// The directory of PostgreSQL 18.6's own clients (psql, pgbench), installed into the cache on
+/// first use by `scripts/native-postgres`.
+pub fn client_bin_dir() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
+    let output = Command::new(&script)
+        .arg("bindir")
+        .output()
+        .expect("scripts/native-postgres runs");
+    assert!(
+        output.status.success(),
+        "native-postgres bindir: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
