@@ -53,7 +53,9 @@ pub(crate) fn pair<Req, Resp>() -> (Caller<Req, Resp>, Worker<Req, Resp>) {
     )
 }
 
-/// Spins, then parks, until `ready` is set or `closed` is.
+/// Waits actively for up to `spin` (yielding the core to any other runnable thread, which on a
+/// small machine may be the very one that will answer), then parks, until `ready` is set or
+/// `closed` is.
 fn wait(ready: &AtomicBool, closed: &AtomicBool, spin: Duration) -> bool {
     let started = Instant::now();
     loop {
@@ -64,7 +66,8 @@ fn wait(ready: &AtomicBool, closed: &AtomicBool, spin: Duration) -> bool {
             return ready.load(Ordering::Acquire);
         }
         if started.elapsed() < spin {
-            std::hint::spin_loop();
+            // Yielding, not spinning: the thread that will answer may need this core.
+            thread::yield_now();
         } else {
             thread::park_timeout(Duration::from_millis(100));
         }

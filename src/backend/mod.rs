@@ -573,9 +573,9 @@ impl Backend {
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty)
                         if started.elapsed() < REPLY_SPIN =>
                     {
-                        for _ in 0..64 {
-                            std::hint::spin_loop();
-                        }
+                        // Yielding, not spinning: on a machine with few cores the backend's
+                        // thread may be waiting for this very core.
+                        std::thread::yield_now();
                     }
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break rx.await.ok(),
                 }
