@@ -155,6 +155,43 @@ async fn a_temp_dir_database_starts_with_its_schema_and_keeps_it(mut db: PgliteD
     assert_eq!(count(&db).await, 3);
 }
 
+#[pglite_test(user = "app")]
+async fn a_memory_database_keeps_its_data_across_restart_with_fresh_sessions(mut db: PgliteDb) {
+    let client = db.client().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE kept(v int); INSERT INTO kept VALUES (1); SET work_mem = '9MB'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO kept VALUES (2)")
+        .await
+        .unwrap();
+    let port = db.port();
+    db.restart().await.unwrap();
+    assert!(
+        client.batch_execute("SELECT 1").await.is_err(),
+        "old connections are closed"
+    );
+    assert_eq!(db.port(), port);
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT array_agg(v)::text FROM kept), current_setting('work_mem'), current_user::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
+        ("{1}".into(), "4MB".into(), "app".into()),
+        "committed rows stay, the open transaction and the SET are gone, the user is the same"
+    );
+}
+
 #[pglite_test(migrations = "tests/migrations")]
 async fn migrations_are_applied_and_recorded_like_sqlx(db: PgliteDb) {
     let pool = db.pool().await.unwrap();

@@ -462,6 +462,30 @@ impl Backend {
         })
     }
 
+    /// Gives the session a fresh start, as a new connection would have: an open transaction is
+    /// rolled back; prepared statements, portals, `SET` values, `LISTEN`s, temporary tables and
+    /// advisory locks are discarded; the session runs as the backend's user again.
+    pub(crate) fn reset_session(&mut self) -> Result<(), BackendError> {
+        // One statement per query: DISCARD ALL cannot run in the implicit transaction of a
+        // multi-statement query.
+        let mut steps = vec!["ROLLBACK".to_owned(), "DISCARD ALL".to_owned()];
+        if self.user != "postgres" {
+            steps.push(format!(
+                "SET SESSION AUTHORIZATION {}",
+                quote_identifier(&self.user)
+            ));
+        }
+        for sql in steps {
+            if let Some(error) = self.simple_query(&sql)?.error {
+                return Err(BackendError::Fatal {
+                    reason: format!("resetting the session failed: {sql}: {error}"),
+                    output: Vec::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Freezes this backend — its memory, its session, its in-memory data — into a
     /// [`Snapshot`] that new, fully independent backends start from in about a millisecond
     /// instead of booting. This is how test fixtures give every test a fresh database: boot once,

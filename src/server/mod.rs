@@ -225,7 +225,7 @@ impl ServerBuilder {
         // stopped from any context: sync code, or inside another tokio runtime.
         let thread = std::thread::Builder::new()
             .name("pglite-server-main".into())
-            .spawn(move || -> Result<(), ServerError> {
+            .spawn(move || -> Option<Backend> {
                 let accept_shared = shared.clone();
                 runtime.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -258,14 +258,10 @@ impl ServerBuilder {
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(5));
-                let backend = Arc::try_unwrap(shared)
+                Arc::try_unwrap(shared)
                     .ok()
                     .and_then(|shared| Arc::try_unwrap(shared.backend).ok())
-                    .map(|m| m.into_inner());
-                match backend {
-                    Some(backend) => Ok(backend.close()?),
-                    None => Ok(()),
-                }
+                    .map(|m| m.into_inner())
             })
             .map_err(ServerError::Runtime)?;
         Ok(Server {
@@ -285,7 +281,8 @@ pub struct Server {
     local_addr: SocketAddr,
     config: ServerBuilder,
     unix_socket_path: Option<std::path::PathBuf>,
-    thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    /// The server's thread; it hands the backend back when it ends.
+    thread: Option<std::thread::JoinHandle<Option<Backend>>>,
     stop: tokio::sync::watch::Sender<bool>,
     /// For health checks and metrics; dropped before the backend is taken back at shutdown.
     monitor: Option<Monitor>,
@@ -347,10 +344,34 @@ impl Server {
 
     /// Stops accepting, closes every connection, and shuts the backend down cleanly.
     pub fn shutdown(mut self) -> Result<(), ServerError> {
-        self.stop_all()
+        match self.stop_all()? {
+            Some(backend) => Ok(backend.close()?),
+            None => Ok(()),
+        }
     }
 
-    fn stop_all(&mut self) -> Result<(), ServerError> {
+    /// Stops accepting and closes every connection, like [`shutdown`](Self::shutdown), but hands
+    /// the backend back, running, with a fresh session: an open transaction rolled back, and
+    /// prepared statements, `SET` values, `LISTEN`s, temporary tables and advisory locks of the
+    /// old connections gone. The data stays: serve it again, on the same port if you like.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// let port = server.port();
+    /// let backend = server.stop()?;
+    /// let again = Server::builder().port(port).start(backend)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stop(mut self) -> Result<Backend, ServerError> {
+        let mut backend = self.stop_all()?.ok_or_else(|| {
+            ServerError::Runtime(std::io::Error::other("the server's backend was not handed back"))
+        })?;
+        backend.reset_session()?;
+        Ok(backend)
+    }
+
+    fn stop_all(&mut self) -> Result<Option<Backend>, ServerError> {
         // The server thread takes the backend back to close it: let go of our reference first.
         self.monitor = None;
         let _ = self.stop.send(true);
@@ -358,11 +379,11 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         match self.thread.take().map(|t| t.join()) {
-            Some(Ok(result)) => result,
+            Some(Ok(backend)) => Ok(backend),
             Some(Err(_)) => Err(ServerError::Runtime(std::io::Error::other(
                 "the server thread panicked",
             ))),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 }
@@ -432,8 +453,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Err(e) = self.stop_all() {
-            tracing::warn!("PGlite server shutdown: {e}");
+        match self.stop_all() {
+            Ok(Some(backend)) => {
+                if let Err(e) = backend.close() {
+                    tracing::warn!("PGlite server shutdown: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("PGlite server shutdown: {e}"),
         }
     }
 }
