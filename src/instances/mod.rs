@@ -241,8 +241,26 @@ pub struct InstanceMetrics {
     pub uptime: Duration,
 }
 
-/// A registry of named instances; see the [module docs](self). Safe to share between threads
-/// (`Arc<Instances>`); dropping it stops every instance cleanly.
+/// A registry of named instances, each a [`Server`] on a port of its own in front of a
+/// [`Backend`] of its own, started from a [`Config`] or at run time. Instances are independent:
+/// one failing to start, or dying, leaves the others serving and is reported with its reason
+/// ([`InstanceState::Failed`]). Safe to share between threads (`Arc<Instances>`); dropping it
+/// stops every instance cleanly.
+///
+/// ```no_run
+/// use pglite_harness::{InstanceConfig, Instances};
+///
+/// let instances = Instances::new();
+/// instances.start("scratch", InstanceConfig::default())?;                      // memory://
+/// let app = instances.start("app", InstanceConfig {
+///     port: 5433,
+///     data_dir: "./data/app".into(),
+///     ..InstanceConfig::default()
+/// })?;
+/// println!("app: {}", app.url);
+/// instances.stop("app")?;                                                    // data flushed
+/// # Ok::<(), pglite_harness::InstanceError>(())
+/// ```
 #[derive(Debug)]
 pub struct Instances {
     entries: Mutex<Vec<(String, Entry)>>,
