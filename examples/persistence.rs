@@ -5,7 +5,8 @@
 //!   and kept afterwards.
 //! - `PgliteDb::builder().temp_dir()` / `#[pglite_test(temp_dir)]`: a temporary directory,
 //!   removed when the `PgliteDb` is dropped, for tests of restart and recovery.
-//! - In memory (the default), `restart()` comes back as a fresh copy of the template.
+//! - In memory (the default), the data lives as long as the `PgliteDb`: `restart()` keeps it
+//!   (the backend's memory is the data), and the next `PgliteDb` starts from the template.
 //!
 //! ```text
 //! cargo run --example persistence --all-features            # run it twice: the count goes up
@@ -100,17 +101,33 @@ mod tests {
         Ok(())
     }
 
-    // For contrast: an in-memory database restarts as a fresh copy of its template.
+    // For contrast: in memory, the data lives as long as the `PgliteDb`.
     #[pglite_test]
-    async fn in_memory_restart_starts_over(mut db: PgliteDb) -> Result<(), Box<dyn std::error::Error>> {
+    async fn in_memory_data_lives_as_long_as_the_db(
+        mut db: PgliteDb,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(db.data_dir(), None);
         let pool = db.pool().await?;
-        record_run(&pool, "lost").await?;
+        assert_eq!(record_run(&pool, "first").await?, 1);
         pool.close().await;
 
         db.restart().await?;
         let pool = db.pool().await?;
-        assert_eq!(record_run(&pool, "new").await?, 1);
+        assert_eq!(
+            record_run(&pool, "after restart").await?,
+            2,
+            "a restart keeps the data"
+        );
+        pool.close().await;
+        drop(db);
+
+        let fresh = PgliteDb::start().await?;
+        let pool = fresh.pool().await?;
+        assert_eq!(
+            record_run(&pool, "new database").await?,
+            1,
+            "a new database starts over"
+        );
         Ok(())
     }
 }
