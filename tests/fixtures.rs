@@ -76,6 +76,33 @@ async fn two_databases_of_one_test_share_nothing() {
     assert_eq!(err.code().unwrap().code(), "42P01");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_thread_runtime_works_and_dropping_needs_no_runtime() {
+    let db = PgliteDb::builder().user("mt").start().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let n: i32 = sqlx::query_scalar("SELECT $1::int * 2")
+                    .bind(i)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                n
+            })
+        })
+        .collect();
+    let mut sum = 0;
+    for task in tasks {
+        sum += task.await.unwrap();
+    }
+    assert_eq!(sum, 56);
+    pool.close().await;
+    // Dropped on a thread with no runtime at all.
+    std::thread::spawn(move || drop(db)).join().unwrap();
+}
+
 #[tokio::test]
 async fn a_dropped_database_frees_its_port() {
     let db = PgliteDb::start().await.unwrap();

@@ -233,6 +233,13 @@ impl Vfs {
             }));
         }
         if name == b".." {
+            // A removed directory has no parent any more (its old one may be gone too): as in
+            // Linux, `..` of a deleted working directory does not exist.
+            if let Loc::Mem(id) = dir
+                && self.tree.node(*id).links == 0
+            {
+                return Err(Errno::ENOENT);
+            }
             return Ok(Some(Resolved {
                 loc: self.parent_of(dir),
                 kind: FileKind::Directory,

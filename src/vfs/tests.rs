@@ -494,3 +494,20 @@ fn host_mount_boundaries() {
         Err(Errno::EXDEV)
     );
 }
+
+#[test]
+fn dot_dot_of_a_removed_working_directory_does_not_exist() {
+    let mut vfs = Vfs::new();
+    vfs.create_dir_all("/a/b", 0o755).unwrap();
+    vfs.chdir(b"/a/b").unwrap();
+    vfs.unlinkat(AT_FDCWD, b"/a/b", AT_REMOVEDIR).unwrap();
+    vfs.unlinkat(AT_FDCWD, b"/a", AT_REMOVEDIR).unwrap();
+    assert_eq!(vfs.statat(AT_FDCWD, b"..", 0).unwrap_err(), Errno::ENOENT);
+    assert_eq!(vfs.statat(AT_FDCWD, b"../x", 0).unwrap_err(), Errno::ENOENT);
+    assert!(
+        vfs.statat(AT_FDCWD, b".", 0).is_ok(),
+        "the directory itself is still open"
+    );
+    vfs.chdir(b"/").unwrap();
+    assert!(vfs.statat(AT_FDCWD, b"..", 0).is_ok());
+}
