@@ -661,7 +661,7 @@ async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
         .await;
 }
 
-/// The SQL text of a Query or Parse message.
+/// The SQL text of a Query or Parse message that may hold a LISTEN or UNLISTEN.
 fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = match tag {
         b'Q' => body,
@@ -669,7 +669,12 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
         _ => return None,
     };
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    Some(String::from_utf8_lossy(&text[..end]).into_owned())
+    let text = &text[..end];
+    // Only LISTEN and UNLISTEN matter here: skip the copy and the parse for every other statement.
+    if !text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen")) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(text).into_owned())
 }
 
 /// The session settings a connection may have changed (`source = 'session'`).
