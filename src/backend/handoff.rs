@@ -1,16 +1,18 @@
 //! A request/reply channel between a backend handle and its thread, tuned for latency.
 //!
 //! A query such as `SELECT 1` takes ~15 µs inside the backend; waking a parked thread costs about
-//! as much again, in each direction. So both sides spin briefly before parking: a caller expecting
-//! a quick reply, and the backend thread expecting the next message of a busy client. Only one
-//! request is ever in flight (the handle's methods take `&mut self`).
+//! as much again, in each direction. So both sides wait actively for a while before parking (a
+//! caller expecting a quick reply, the backend thread expecting the next message of a busy
+//! client), yielding their core meanwhile rather than spinning on it: on a small machine the
+//! thread that will answer may need that very core. Only one request is ever in flight (the
+//! handle's methods take `&mut self`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-/// How long a side spins before parking.
+/// How long a side waits actively before parking.
 const SPIN: Duration = Duration::from_micros(60);
 
 struct Shared<Req, Resp> {
