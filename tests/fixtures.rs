@@ -369,16 +369,16 @@ static PANICKED_DB: std::sync::Mutex<Option<(u16, std::path::PathBuf)>> = std::s
 /// then panics.
 #[pglite_test(temp_dir)]
 #[ignore = "run by a_panicking_test_cleans_up in a child process"]
-async fn child_a_panics_with_a_database(db: PgliteDb) {
+async fn cleanup_child_a_panics(db: PgliteDb) {
     *PANICKED_DB.lock().unwrap() = Some((db.port(), db.data_dir().unwrap().to_owned()));
     panic!("the test failed on purpose");
 }
 
-/// Runs right after `child_a_panics_with_a_database` in the same child process, while the
+/// Runs right after `cleanup_child_a_panics` in the same child process, while the
 /// process is still alive: the port is free and the directory gone.
 #[test]
 #[ignore = "run by a_panicking_test_cleans_up in a child process"]
-fn child_b_checks_the_cleanup() {
+fn cleanup_child_b_checks() {
     let (port, dir) = PANICKED_DB
         .lock()
         .unwrap()
@@ -396,19 +396,82 @@ fn child_b_checks_the_cleanup() {
 #[test]
 fn a_panicking_test_cleans_up() {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["child_", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["cleanup_child_", "--ignored", "--nocapture", "--test-threads=1"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let all = support::describe(&output);
-    assert!(
-        stdout.contains("child_a_panics_with_a_database ... FAILED"),
-        "{all}"
-    );
+    assert!(stdout.contains("cleanup_child_a_panics ... FAILED"), "{all}");
     assert!(all.contains("the test failed on purpose"), "{all}");
     assert!(stdout.contains("CLEANUP OK"), "{all}");
     assert!(
         stdout.contains("1 passed; 1 failed"),
         "only the panicking test fails: {all}"
     );
+}
+
+/// Run in a child process by `a_damaged_template_in_the_disk_cache_is_made_again`.
+#[test]
+#[ignore = "run by a_damaged_template_in_the_disk_cache_is_made_again in a child process"]
+fn child_starts_a_database() {
+    let db = PgliteDb::builder().start_blocking().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = db.client().await.unwrap();
+        client.batch_execute("CREATE TABLE t(); SELECT 1").await.unwrap();
+    });
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_damaged_template_in_the_disk_cache_is_made_again() {
+    let cache = tempfile::tempdir().unwrap();
+    // Share the compiled module with the real cache (compiling it again takes seconds).
+    let real = pglite_harness::runtime::ModuleCache::from_env().unwrap();
+    for entry in std::fs::read_dir(real.dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.ends_with(".cwasm") || name.ends_with(".sha256") {
+            let target = cache.path().join(&name);
+            std::fs::hard_link(&path, &target)
+                .or_else(|_| std::fs::copy(&path, &target).map(drop))
+                .unwrap();
+        }
+    }
+    let child = || {
+        let output = support::run_child(
+            "child_starts_a_database",
+            &[
+                ("PGLITE_HARNESS_CACHE_DIR", cache.path().to_str().unwrap()),
+                ("PGLITE_HARNESS_PREWARM", "0"),
+            ],
+        )
+        .output()
+        .unwrap();
+        let text = support::describe(&output);
+        assert!(output.status.success() && text.contains("CHILD OK"), "{text}");
+    };
+    child();
+    let templates: Vec<_> = std::fs::read_dir(cache.path().join("templates"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        templates.len(),
+        1,
+        "one recipe, one saved template: {templates:?}"
+    );
+    let state = templates[0].join("state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+
+    child(); // the damaged template is refused, made again and saved
+    let remade = std::fs::read(&state).unwrap();
+    assert_ne!(remade, bytes, "the damaged file was replaced");
+    child(); // and the new one loads
 }
