@@ -12,6 +12,8 @@ const KEPT_LINES: usize = 40;
 #[derive(Debug, Default)]
 pub(crate) struct ServerLog {
     inner: Mutex<LogState>,
+    /// The instance's name, put on every line as the field `instance`.
+    label: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -23,6 +25,14 @@ struct LogState {
 impl ServerLog {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A log whose lines carry the field `instance = label`.
+    pub fn labelled(label: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            label,
+            ..Self::default()
+        })
     }
 
     /// Accepts bytes written to fd 1 or 2.
@@ -37,7 +47,7 @@ impl ServerLog {
             if line.is_empty() || line == "backend>" {
                 continue;
             }
-            emit(&line);
+            emit(&line, self.label.as_deref().unwrap_or(""));
             if state.recent.len() == KEPT_LINES {
                 state.recent.pop_front();
             }
@@ -64,14 +74,16 @@ impl ServerLog {
     }
 }
 
-fn emit(line: &str) {
+fn emit(line: &str, instance: &str) {
     const TARGET: &str = "pglite_harness::server_log";
-    if line.contains("PANIC:") || line.contains("FATAL:") {
-        tracing::debug!(target: TARGET, "{line}");
-    } else if line.contains("ERROR:") || line.contains("WARNING:") {
-        tracing::debug!(target: TARGET, "{line}");
+    if line.contains("PANIC:")
+        || line.contains("FATAL:")
+        || line.contains("ERROR:")
+        || line.contains("WARNING:")
+    {
+        tracing::debug!(target: TARGET, instance, "{line}");
     } else {
-        tracing::trace!(target: TARGET, "{line}");
+        tracing::trace!(target: TARGET, instance, "{line}");
     }
 }
 
@@ -88,6 +100,36 @@ mod tests {
         assert_eq!(
             log.last_problem().as_deref(),
             Some("FATAL:  could not open file \"x\"")
+        );
+    }
+
+    #[test]
+    fn lines_carry_the_instance_name() {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            ServerLog::labelled(Some("app".into())).write(b"ERROR:  relation \"x\" does not exist\n");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("instance=\"app\"") && text.contains("does not exist"),
+            "{text}"
         );
     }
 }

@@ -138,6 +138,7 @@ pub struct BackendBuilder {
     debug: Option<u8>,
     user: String,
     database: String,
+    name: Option<String>,
 }
 
 impl Default for BackendBuilder {
@@ -150,6 +151,7 @@ impl Default for BackendBuilder {
             debug: None,
             user: "postgres".into(),
             database: "postgres".into(),
+            name: None,
         }
     }
 }
@@ -232,6 +234,19 @@ impl BackendBuilder {
     /// The database the session is connected to (default `postgres`); created if missing.
     pub fn database(mut self, database: impl Into<String>) -> Self {
         self.database = database.into();
+        self
+    }
+
+    /// A name for the backend's server log: every line it sends to `tracing` (target
+    /// `pglite_harness::server_log`) carries the field `instance = name`, so the logs of several
+    /// backends can be told apart.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().name("app").debug(1).open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -392,7 +407,7 @@ impl Backend {
                     .map_err(|e| vfs_error(Path::new(&file.path), e))?;
             }
         }
-        let log = ServerLog::new();
+        let log = ServerLog::labelled(builder.name.clone());
         install_log(&mut vfs, &log);
         let identity = (builder.user, builder.database, builder.data_dir);
         Backend::spawn(identity, lock, log, started, move |log| {

@@ -391,7 +391,7 @@ impl Instances {
                 None => entries.push((name.to_owned(), entry)),
             }
         }
-        let started = launch(&config);
+        let started = launch(name, &config);
         let mut entries = self.entries();
         let entry = entries
             .iter_mut()
@@ -657,9 +657,10 @@ impl Drop for Instances {
     }
 }
 
-/// Boots the backend and serves it.
-fn launch(config: &InstanceConfig) -> Result<Server, ServerError> {
+/// Boots the backend (its server log labelled with `name`) and serves it.
+fn launch(name: &str, config: &InstanceConfig) -> Result<Server, ServerError> {
     let mut backend = Backend::builder()
+        .name(name)
         .data_dir(config.data_dir.clone())
         .user(config.user.clone())
         .database(config.database.clone());
