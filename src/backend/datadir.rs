@@ -32,6 +32,13 @@ pub enum DataDir {
 
 impl DataDir {
     /// Parses PGlite's `dataDir` notation.
+    ///
+    /// ```
+    /// use pglite_harness::DataDir;
+    ///
+    /// assert_eq!(DataDir::parse(""), DataDir::Memory);
+    /// assert_eq!(DataDir::parse("file://./data/app"), DataDir::Path("./data/app".into()));
+    /// ```
     pub fn parse(spec: &str) -> DataDir {
         match spec {
             "" | "memory://" => DataDir::Memory,

@@ -213,6 +213,13 @@ impl BackendBuilder {
 
     /// Whether fsync really syncs (default [`Durability::Relaxed`], PGlite's own: committed data
     /// survives a crash of the process, not necessarily of the machine).
+    ///
+    /// ```no_run
+    /// use pglite_harness::{Backend, Durability};
+    ///
+    /// let backend = Backend::builder().data_dir("./data/app").durability(Durability::Durable).open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
@@ -232,6 +239,12 @@ impl BackendBuilder {
     }
 
     /// The database the session is connected to (default `postgres`); created if missing.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().database("shop").open()?;
+    /// assert_eq!(backend.simple_query("SELECT current_database()")?.scalar(), Some("shop"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn database(mut self, database: impl Into<String>) -> Self {
         self.database = database.into();
         self
@@ -251,12 +264,24 @@ impl BackendBuilder {
     }
 
     /// Postgres' debug level (`-d N`, 1–5), for its server log.
+    ///
+    /// ```no_run
+    /// // The server log goes to `tracing`, target `pglite_harness::server_log`.
+    /// let backend = pglite_harness::Backend::builder().debug(2).open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn debug(mut self, level: u8) -> Self {
         self.debug = Some(level);
         self
     }
 
     /// Boots the backend.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().open()?;
+    /// assert_eq!(backend.simple_query("SELECT 1")?.scalar(), Some("1"));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn open(self) -> Result<Backend, BackendError> {
         Backend::open(self)
     }
@@ -357,6 +382,13 @@ enum Reply {
 
 impl Backend {
     /// A builder: in memory by default, with the official start parameters.
+    ///
+    /// ```no_run
+    /// use pglite_harness::Backend;
+    ///
+    /// let backend = Backend::builder().user("app").database("app").extension("pg_trgm").open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn builder() -> BackendBuilder {
         BackendBuilder::default()
     }
@@ -687,6 +719,15 @@ impl Backend {
     }
 
     /// Whether a transaction block is open (the session is not idle).
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// backend.simple_query("BEGIN")?;
+    /// assert!(backend.in_transaction()?);
+    /// backend.simple_query("COMMIT")?;
+    /// assert!(!backend.in_transaction()?);
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn in_transaction(&mut self) -> Result<bool, BackendError> {
         self.check_alive()?;
         match self.commands.call(Command::InTransaction) {
@@ -704,36 +745,81 @@ impl Backend {
     }
 
     /// A handle that cancels whatever statement the backend is running, from any thread.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().open()?;
+    /// let cancel = backend.cancel_handle(); // Clone + Send: give it to another thread
+    /// std::thread::spawn(move || cancel.cancel());
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
     }
 
     /// The role the session runs as.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().user("app").open()?;
+    /// assert_eq!(backend.user(), "app");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn user(&self) -> &str {
         &self.user
     }
 
     /// The database the session is connected to.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().database("shop").open()?;
+    /// assert_eq!(backend.database(), "shop");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn database(&self) -> &str {
         &self.database
     }
 
     /// Why the backend died, if it did.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().open()?;
+    /// assert_eq!(backend.dead_reason(), None); // alive
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn dead_reason(&self) -> Option<&str> {
         self.dead.as_deref()
     }
 
     /// Where its data lives.
+    ///
+    /// ```no_run
+    /// use pglite_harness::{Backend, DataDir};
+    ///
+    /// let backend = Backend::builder().data_dir("./data/app").open()?;
+    /// assert_eq!(backend.data_dir(), &DataDir::Path("./data/app".into()));
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn data_dir(&self) -> &DataDir {
         &self.data_dir
     }
 
     /// How long [`BackendBuilder::open`] took.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().open()?;
+    /// println!("booted in {:?}", backend.boot_time());
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn boot_time(&self) -> Duration {
         self.boot_time
     }
 
     /// Size of the backend's linear memory in bytes.
+    ///
+    /// ```no_run
+    /// let backend = pglite_harness::Backend::builder().open()?;
+    /// println!("{} MiB of linear memory", backend.memory_size() >> 20);
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn memory_size(&self) -> usize {
         match self.commands.call(Command::MemorySize) {
             Some(Reply::MemorySize(size)) => size,
@@ -772,6 +858,13 @@ impl Backend {
 
     /// Shuts down cleanly: a shutdown checkpoint, so that a data directory reopens without
     /// recovery, then the lock is released. Dropping a backend does the same, ignoring errors.
+    ///
+    /// ```no_run
+    /// let mut backend = pglite_harness::Backend::builder().data_dir("./data/app").open()?;
+    /// backend.simple_query("CREATE TABLE t(id int)")?;
+    /// backend.close()?; // checkpointed: reopens without recovery
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn close(mut self) -> Result<(), BackendError> {
         self.shutdown()
     }
@@ -869,6 +962,12 @@ impl Snapshot {
 
     /// Reads a snapshot saved by [`Snapshot::save`]. Damaged or foreign files are refused with
     /// [`BackendError::SnapshotFile`].
+    ///
+    /// ```no_run
+    /// let snapshot = pglite_harness::Snapshot::load("/tmp/my-template")?;
+    /// let mut backend = snapshot.open()?;
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn load(dir: impl AsRef<Path>) -> Result<Snapshot, BackendError> {
         let (instance, label) =
             crate::runtime::load_snapshot(dir.as_ref()).map_err(|e| snapshot_file_error(dir.as_ref(), e))?;
@@ -891,11 +990,23 @@ impl Snapshot {
     }
 
     /// The role the snapshot's session runs as.
+    ///
+    /// ```no_run
+    /// let snapshot = pglite_harness::Backend::builder().user("app").open()?.snapshot()?;
+    /// assert_eq!(snapshot.user(), "app");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn user(&self) -> &str {
         &self.inner.user
     }
 
     /// The database the snapshot's session is connected to.
+    ///
+    /// ```no_run
+    /// let snapshot = pglite_harness::Backend::builder().database("shop").open()?.snapshot()?;
+    /// assert_eq!(snapshot.database(), "shop");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn database(&self) -> &str {
         &self.inner.database
     }
@@ -942,12 +1053,29 @@ impl std::fmt::Debug for CancelHandle {
 
 impl CancelHandle {
     /// Requests the cancel.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// backend.cancel_handle().cancel(); // nothing runs now: the next statement is cancelled
+    /// let out = backend.simple_query("SELECT pg_sleep(30)")?;
+    /// assert_eq!(out.error.unwrap().code, "57014");
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn cancel(&self) {
         self.interrupts.request();
     }
 
     /// Takes back a request not yet acted on (call it between statements: a running statement
     /// may already have seen the request).
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// let cancel = backend.cancel_handle();
+    /// cancel.cancel();
+    /// cancel.withdraw(); // taken back before a statement saw it
+    /// assert!(backend.simple_query("SELECT 1")?.error.is_none());
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn withdraw(&self) {
         self.interrupts.withdraw();
     }

@@ -74,6 +74,15 @@ pub struct SimpleQueryOutput {
 
 impl SimpleQueryOutput {
     /// Parses the backend's reply to a simple query.
+    ///
+    /// ```
+    /// use pglite_harness::SimpleQueryOutput;
+    ///
+    /// // CommandComplete "CREATE TABLE", then ReadyForQuery (idle)
+    /// let out = SimpleQueryOutput::parse(b"C\0\0\0\x11CREATE TABLE\0Z\0\0\0\x05I");
+    /// assert_eq!(out.statements[0].tag, "CREATE TABLE");
+    /// assert_eq!((out.error, out.transaction_status), (None, b'I'));
+    /// ```
     pub fn parse(reply: &[u8]) -> SimpleQueryOutput {
         let mut out = SimpleQueryOutput::default();
         let mut current = StatementResult::default();
@@ -115,6 +124,14 @@ impl SimpleQueryOutput {
     }
 
     /// The rows of the last statement that returned any columns.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// let out = backend.simple_query("SELECT n, n * n FROM generate_series(1, 3) n")?;
+    /// assert_eq!(out.rows().len(), 3);
+    /// assert_eq!(out.rows()[1], [Some("2".to_owned()), Some("4".to_owned())]);
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn rows(&self) -> &[Vec<Option<String>>] {
         self.statements
             .iter()
@@ -124,6 +141,13 @@ impl SimpleQueryOutput {
     }
 
     /// The first column of the first row of [`rows`](Self::rows), if any and not NULL.
+    ///
+    /// ```no_run
+    /// # let mut backend = pglite_harness::Backend::builder().open()?;
+    /// assert_eq!(backend.simple_query("SELECT 'a' || 'b'")?.scalar(), Some("ab"));
+    /// assert_eq!(backend.simple_query("SELECT NULL")?.scalar(), None);
+    /// # Ok::<(), pglite_harness::BackendError>(())
+    /// ```
     pub fn scalar(&self) -> Option<&str> {
         self.rows().first()?.first()?.as_deref()
     }

@@ -36,6 +36,13 @@ pub struct AdminServer {
 impl AdminServer {
     /// Listens on `address` (`host:port`, port 0 for a free one) and serves `/health` and
     /// `/metrics` for `instances`.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// let instances = Arc::new(pglite_harness::Instances::new());
+    /// let admin = pglite_harness::AdminServer::start("127.0.0.1:0", instances.clone())?;
+    /// # Ok::<(), pglite_harness::InstanceError>(())
+    /// ```
     pub fn start(address: &str, instances: Arc<Instances>) -> Result<AdminServer, InstanceError> {
         let error = |source| InstanceError::Admin {
             address: address.to_owned(),
@@ -80,11 +87,25 @@ impl AdminServer {
     }
 
     /// The address it listens on.
+    ///
+    /// ```no_run
+    /// # let instances = std::sync::Arc::new(pglite_harness::Instances::new());
+    /// let admin = pglite_harness::AdminServer::start("127.0.0.1:0", instances)?;
+    /// println!("curl http://{}/health", admin.local_addr());
+    /// # Ok::<(), pglite_harness::InstanceError>(())
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Stops serving.
+    ///
+    /// ```no_run
+    /// # let instances = std::sync::Arc::new(pglite_harness::Instances::new());
+    /// let admin = pglite_harness::AdminServer::start("127.0.0.1:9187", instances)?;
+    /// admin.shutdown(); // the port is free again
+    /// # Ok::<(), pglite_harness::InstanceError>(())
+    /// ```
     pub fn shutdown(mut self) {
         self.stop_now();
     }

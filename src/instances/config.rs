@@ -279,11 +279,24 @@ impl Config {
     }
 
     /// The instances, in file order.
+    ///
+    /// ```
+    /// let config = pglite_harness::Config::parse("[instances.app]\nport = 5433\n", "pglite.toml")?;
+    /// let (name, app) = config.instances().next().unwrap();
+    /// assert_eq!((name, app.port), ("app", 5433));
+    /// # Ok::<(), pglite_harness::ConfigError>(())
+    /// ```
     pub fn instances(&self) -> impl Iterator<Item = (&str, &InstanceConfig)> {
         self.entries.iter().map(|e| (e.name.as_str(), &e.config))
     }
 
     /// The file it was read from.
+    ///
+    /// ```
+    /// let config = pglite_harness::Config::parse("[instances.app]\nport = 5433\n", "/srv/pglite.toml")?;
+    /// assert_eq!(config.file(), std::path::Path::new("/srv/pglite.toml"));
+    /// # Ok::<(), pglite_harness::ConfigError>(())
+    /// ```
     pub fn file(&self) -> &Path {
         &self.file
     }

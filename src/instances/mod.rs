@@ -316,6 +316,11 @@ impl Default for Instances {
 
 impl Instances {
     /// An empty registry, with a health check timeout of 5 s.
+    ///
+    /// ```
+    /// let instances = pglite_harness::Instances::new();
+    /// assert!(instances.list().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self {
             entries: Mutex::new(Vec::new()),

@@ -63,6 +63,12 @@ pub enum ModuleSource {
 
 impl ModuleCache {
     /// The cache at its default location (see the module docs).
+    ///
+    /// ```no_run
+    /// let cache = pglite_harness::runtime::ModuleCache::from_env()?;
+    /// println!("compiled modules in {}", cache.dir().display());
+    /// # Ok::<(), pglite_harness::runtime::CacheError>(())
+    /// ```
     pub fn from_env() -> Result<Self, CacheError> {
         let dir = if let Some(dir) = std::env::var_os(CACHE_DIR_ENV).filter(|d| !d.is_empty()) {
             PathBuf::from(dir)
@@ -77,6 +83,13 @@ impl ModuleCache {
     }
 
     /// A cache in `dir`, created user-private if missing.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let cache = pglite_harness::runtime::ModuleCache::at(tmp.path().join("modules"))?;
+    /// assert!(cache.dir().is_dir());
+    /// # Ok::<(), pglite_harness::runtime::CacheError>(())
+    /// ```
     pub fn at(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let dir = dir.into();
         let err = |reason: String| CacheError::Directory {
@@ -102,6 +115,13 @@ impl ModuleCache {
     }
 
     /// The directory.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let cache = pglite_harness::runtime::ModuleCache::at(tmp.path())?;
+    /// assert_eq!(cache.dir(), tmp.path());
+    /// # Ok::<(), pglite_harness::runtime::CacheError>(())
+    /// ```
     pub fn dir(&self) -> &Path {
         &self.dir
     }

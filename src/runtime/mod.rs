@@ -109,6 +109,13 @@ impl Runtime {
     }
 
     /// A runtime with its own engine, using `cache` for compiled modules (none: compile in memory).
+    ///
+    /// ```no_run
+    /// use pglite_harness::runtime::{ModuleCache, Runtime};
+    ///
+    /// let runtime = Runtime::new(Some(ModuleCache::at("/tmp/pglite-modules")?))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(cache: Option<ModuleCache>) -> Result<Runtime, RuntimeError> {
         let started = Instant::now();
         let engine = Engine::new(&engine_config()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
@@ -157,11 +164,26 @@ impl Runtime {
     }
 
     /// Whether the module came from the disk cache or was compiled by this process.
+    ///
+    /// ```no_run
+    /// use pglite_harness::runtime::{ModuleSource, Runtime};
+    ///
+    /// if Runtime::global()?.module_source() == ModuleSource::Compiled {
+    ///     eprintln!("compiled pglite.wasm; later processes load it from the cache");
+    /// }
+    /// # Ok::<(), pglite_harness::runtime::RuntimeError>(())
+    /// ```
     pub fn module_source(&self) -> ModuleSource {
         self.source
     }
 
     /// How long creating the runtime took (engine, module load or compile, linking).
+    ///
+    /// ```no_run
+    /// let runtime = pglite_harness::runtime::Runtime::global()?;
+    /// println!("module ready in {:?}", runtime.load_time());
+    /// # Ok::<(), pglite_harness::runtime::RuntimeError>(())
+    /// ```
     pub fn load_time(&self) -> Duration {
         self.load_time
     }

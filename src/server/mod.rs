@@ -93,12 +93,25 @@ impl Default for ServerBuilder {
 
 impl ServerBuilder {
     /// The address to listen on (default `127.0.0.1`).
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().host("0.0.0.0").start(Backend::builder().open()?)?; // all interfaces
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
         self
     }
 
     /// The port (default 0: the OS picks a free one, see [`Server::port`]).
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().port(5433).start(Backend::builder().open()?)?;
+    /// assert_eq!(server.port(), 5433);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
         self
@@ -135,12 +148,27 @@ impl ServerBuilder {
     /// How long a client may sit idle inside a transaction while others wait for the backend
     /// (default 60 s). After it, the client's connection ends with error 25P03 and its
     /// transaction is rolled back.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// use std::time::Duration;
+    ///
+    /// let builder = Server::builder().idle_in_transaction_timeout(Duration::from_secs(5));
+    /// let server = builder.start(Backend::builder().open()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
         self.idle_in_transaction_timeout = timeout;
         self
     }
 
     /// The largest message a client may send (default 1 GiB, as Postgres).
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().max_message_size(64 << 20).start(Backend::builder().open()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -305,26 +333,60 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// A builder with the defaults: 127.0.0.1, a free port, user and database `postgres`.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().port(5433).password("secret").start(Backend::builder().open()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }
 
     /// The address the server listens on.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// assert!(server.local_addr().ip().is_loopback());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// The port the server listens on.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// println!("psql -h 127.0.0.1 -p {} -U postgres", server.port());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn port(&self) -> u16 {
         self.local_addr.port()
     }
 
     /// The Unix socket, when [`ServerBuilder::unix_socket_dir`] asked for one.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// assert_eq!(server.unix_socket_path(), None); // TCP only
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unix_socket_path(&self) -> Option<&std::path::Path> {
         self.unix_socket_path.as_deref()
     }
 
     /// A connection URL that sqlx, tokio-postgres, psql and diesel accept.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().open()?)?;
+    /// assert!(server.url().starts_with("postgresql://postgres@127.0.0.1:"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn url(&self) -> String {
         let config = &self.config;
         match &config.password {
@@ -343,6 +405,14 @@ impl Server {
     }
 
     /// Stops accepting, closes every connection, and shuts the backend down cleanly.
+    ///
+    /// ```no_run
+    /// # use pglite_harness::{Backend, Server};
+    /// let server = Server::builder().start(Backend::builder().data_dir("./data/app").open()?)?;
+    /// // ... clients connect to server.url() ...
+    /// server.shutdown()?; // the data directory is checkpointed and unlocked
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self) -> Result<(), ServerError> {
         match self.stop_all()? {
             Some(backend) => Ok(backend.close()?),
