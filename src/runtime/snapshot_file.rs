@@ -147,7 +147,7 @@ pub(crate) fn load(dir: &Path) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFi
             "state.bin is damaged (checksum mismatch)".into(),
         ));
     }
-    let (mut snapshot, label) = decode_header(&header[16..])?;
+    let (header, label) = decode_header(&header[16..])?;
     let vfs = Vfs::read_snapshot(&mut input)
         .map_err(|e| SnapshotFileError::Invalid(format!("the saved filesystem is unusable: {e}")))?;
     if !input.fill_buf().map_err(io("cannot read state.bin"))?.is_empty() {
@@ -155,15 +155,12 @@ pub(crate) fn load(dir: &Path) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFi
             "state.bin has bytes after its end".into(),
         ));
     }
-    snapshot.vfs = Mutex::new(vfs);
 
     let memory = File::open(dir.join(MEMORY_FILE))
         .map_err(io(format!("cannot open {}/{MEMORY_FILE}", dir.display())))?;
-    snapshot.memory = Arc::new(
-        MemoryImage::from_file(memory, snapshot.memory_size)
-            .map_err(|e| SnapshotFileError::Invalid(format!("memory.img: {e}")))?,
-    );
-    Ok((snapshot, label))
+    let memory = MemoryImage::from_file(memory, header.memory_size)
+        .map_err(|e| SnapshotFileError::Invalid(format!("memory.img: {e}")))?;
+    Ok((header.into_snapshot(Arc::new(memory), vfs), label))
 }
 
 fn encode_header(snapshot: &InstanceSnapshot, label: &[u8]) -> Vec<u8> {
@@ -201,7 +198,34 @@ fn encode_header(snapshot: &InstanceSnapshot, label: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_header(bytes: &[u8]) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFileError> {
+/// The fields of `state.bin`'s header: a snapshot but for its memory image and filesystem.
+struct Header {
+    memory_size: usize,
+    globals: Vec<(u32, GlobalValue)>,
+    callback_slots: Vec<u32>,
+    table_size: u64,
+    dylink: super::dylink::DylinkSnapshot,
+    environ: Vec<Vec<u8>>,
+    monotonic: Duration,
+}
+
+impl Header {
+    fn into_snapshot(self, memory: Arc<MemoryImage>, vfs: Vfs) -> InstanceSnapshot {
+        InstanceSnapshot {
+            memory,
+            vfs: Mutex::new(vfs),
+            memory_size: self.memory_size,
+            globals: self.globals,
+            callback_slots: self.callback_slots,
+            table_size: self.table_size,
+            dylink: self.dylink,
+            environ: self.environ,
+            monotonic: self.monotonic,
+        }
+    }
+}
+
+fn decode_header(bytes: &[u8]) -> Result<(Header, Vec<u8>), SnapshotFileError> {
     let mut d = Decoder(bytes);
     let label = d.bytes()?.to_vec();
     let memory_size = d.u64()? as usize;
@@ -229,10 +253,7 @@ fn decode_header(bytes: &[u8]) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFi
     if !d.0.is_empty() {
         return Err(invalid("the header has bytes after its end"));
     }
-    let snapshot = InstanceSnapshot {
-        // Both replaced by `load` once read.
-        memory: Arc::new(MemoryImage::from_segments(&[], 0).map_err(io("cannot make a placeholder image"))?),
-        vfs: Mutex::new(Vfs::new()),
+    let header = Header {
         memory_size,
         globals,
         callback_slots,
@@ -241,7 +262,7 @@ fn decode_header(bytes: &[u8]) -> Result<(InstanceSnapshot, Vec<u8>), SnapshotFi
         environ,
         monotonic,
     };
-    Ok((snapshot, label))
+    Ok((header, label))
 }
 
 pub(crate) fn invalid(what: &str) -> SnapshotFileError {
