@@ -10,7 +10,7 @@ use super::dylink::{self, DylinkSnapshot};
 use super::imports::with_memory;
 use super::interrupt::{FlagAddresses, InterruptFlags};
 use super::memory::{self, MemoryImage};
-use super::rewrite::{GLOBAL_EXPORT_PREFIX, START_EXPORT};
+use super::rewrite::START_EXPORT;
 use super::sjlj::ProcessExit;
 use super::state::{Exports, HostState, MoreInput};
 use super::{Runtime, guest};
@@ -285,13 +285,16 @@ impl PgInstance {
             fclose: func!("fclose"),
             harness_start: func!(START_EXPORT),
         };
-        let globals = instance
-            .exports(&mut store)
-            .filter_map(|export| {
-                let index = export.name().strip_prefix(GLOBAL_EXPORT_PREFIX)?.parse().ok()?;
-                Some((index, export.into_global()?))
+        let globals = runtime
+            .mutable_globals()
+            .iter()
+            .map(|(index, name)| {
+                let global = instance
+                    .get_global(&mut store, name)
+                    .ok_or_else(|| missing(name))?;
+                Ok((*index, global))
             })
-            .collect();
+            .collect::<Result<_, CallError>>()?;
         let memory = exports.memory;
         let flags = FlagAddresses::new(
             memory.data_ptr(&store),

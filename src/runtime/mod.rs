@@ -72,6 +72,8 @@ pub struct Runtime {
     load_time: Duration,
     /// The memory of a fresh instance: the module's data segments laid out.
     initial_image: Arc<MemoryImage>,
+    /// The mutable globals the rewrite exports: (global index, export name).
+    mutable_globals: Vec<(u32, String)>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -132,6 +134,17 @@ impl Runtime {
                 )
             }
         };
+        let mutable_globals = module
+            .exports()
+            .filter_map(|export| {
+                let index = export
+                    .name()
+                    .strip_prefix(rewrite::GLOBAL_EXPORT_PREFIX)?
+                    .parse()
+                    .ok()?;
+                Some((index, export.name().to_owned()))
+            })
+            .collect();
         let linker = imports::linker(&engine, &module).map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&module)
@@ -160,6 +173,7 @@ impl Runtime {
             source,
             load_time,
             initial_image,
+            mutable_globals,
         })
     }
 
@@ -200,6 +214,12 @@ impl Runtime {
 
     pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
         &self.instance_pre
+    }
+
+    /// The mutable globals a snapshot records: (global index, export name), found once here
+    /// rather than by walking the 2,000 exports of every new instance.
+    pub(crate) fn mutable_globals(&self) -> &[(u32, String)] {
+        &self.mutable_globals
     }
 
     pub(crate) fn main_table_slot(&self, export: &str) -> Option<u32> {
