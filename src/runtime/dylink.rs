@@ -11,8 +11,7 @@
 use std::collections::HashMap;
 
 use wasmtime::{
-    AsContext, AsContextMut, Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref,
-    Val, ValType,
+    AsContextMut, Caller, Extern, Func, FuncType, Global, GlobalType, Instance, Mutability, Ref, Val, ValType,
 };
 
 use super::Runtime;
@@ -654,8 +653,8 @@ fn resolve_function(
     if let Some(Extern::Func(f)) = main.get_export(&mut *c, main_name) {
         return Ok(f);
     }
-    if let Some(invoke_ty) = sjlj::invoke_type(c.as_context().engine(), name) {
-        return Ok(Func::new(&mut *c, invoke_ty, sjlj::invoke));
+    if let Some(invoke) = sjlj::invoke_func(&mut *c, name) {
+        return Ok(invoke);
     }
     if let Ok(Extern::Func(f)) = runtime.linker.get(&mut *c, "env", name) {
         return Ok(f);

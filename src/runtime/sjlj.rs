@@ -8,7 +8,9 @@
 //!   outermost host call, where the backend reads the status (99 = started, 100 = top-level ERROR,
 //!   anything else = the process ended).
 
-use wasmtime::{Caller, Func, FuncType, Val, ValType};
+use std::mem::MaybeUninit;
+
+use wasmtime::{Caller, Func, FuncType, ValRaw, ValType};
 
 use super::state::HostState;
 
@@ -36,18 +38,6 @@ impl std::fmt::Display for ProcessExit {
 
 impl std::error::Error for ProcessExit {}
 
-/// A zero of `ty`, what an `invoke_*` returns after catching a longjmp.
-pub(crate) fn zero(ty: &ValType) -> Val {
-    match ty {
-        ValType::I32 => Val::I32(0),
-        ValType::I64 => Val::I64(0),
-        ValType::F32 => Val::F32(0),
-        ValType::F64 => Val::F64(0),
-        ValType::V128 => Val::V128(0u128.into()),
-        ValType::Ref(r) => Val::null_ref(r.heap_type()),
-    }
-}
-
 /// The wasm type of `invoke_<sig>`: first letter the result, the rest the parameters, after the
 /// function pointer. Returns `None` for a name that is not an invoke.
 pub(crate) fn invoke_type(engine: &wasmtime::Engine, name: &str) -> Option<FuncType> {
@@ -71,31 +61,143 @@ pub(crate) fn invoke_type(engine: &wasmtime::Engine, name: &str) -> Option<FuncT
     Some(FuncType::new(engine, params, result))
 }
 
-/// The body of every `invoke_*`: call `table[fnptr](args)`, catching only a longjmp.
-pub(crate) fn invoke(
-    mut caller: Caller<'_, HostState>,
-    params: &[Val],
-    results: &mut [Val],
-) -> wasmtime::Result<()> {
-    let exports = caller.data().exports();
-    let (table, stack_pointer, set_threw) = (exports.table, exports.stack_pointer, exports.set_threw.clone());
-    let index = params[0].unwrap_i32() as u32;
-    let func: Func = table
-        .get(&mut caller, u64::from(index))
-        .and_then(|r| r.as_func().flatten().copied())
-        .ok_or_else(|| wasmtime::format_err!("invoke: no function at table index {index}"))?;
-    let saved_sp = stack_pointer.get(&mut caller);
-    match func.call(&mut caller, &params[1..], results) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is::<Longjmp>() => {
-            stack_pointer.set(&mut caller, saved_sp)?;
-            set_threw.call(&mut caller, (1, 0))?;
-            let ty = func.ty(&caller);
-            for (slot, ty) in results.iter_mut().zip(ty.results()) {
-                *slot = zero(&ty);
+/// Most arguments an `invoke_*` passes on without a heap allocation (PGlite's longest has 17).
+const INLINE_ARGS: usize = 24;
+
+/// One `invoke_<sig>` trampoline: what it calls, and how.
+pub(crate) struct Invoke {
+    /// The type of the functions it calls: its own without the leading function pointer.
+    callee: FuncType,
+    /// Its place in [`InvokeChecks`].
+    id: u8,
+    params: usize,
+    has_result: bool,
+}
+
+impl Invoke {
+    /// The trampoline for the import `name` and its type (`None` if `name` is not an
+    /// `invoke_*`, or one signature too many).
+    pub(crate) fn new(engine: &wasmtime::Engine, name: &str) -> Option<(FuncType, Invoke)> {
+        let ty = invoke_type(engine, name)?;
+        let id = signature_id(name)?;
+        let callee = FuncType::new(engine, ty.params().skip(1), ty.results());
+        let invoke = Invoke {
+            params: ty.params().len() - 1,
+            has_result: ty.results().len() == 1,
+            callee,
+            id,
+        };
+        Some((ty, invoke))
+    }
+
+    /// Calls `table[fnptr](args)` (`space` holds `fnptr, args...` and receives the result),
+    /// catching only a longjmp. The callee's type is checked once per table slot, then the call
+    /// goes straight through (`call_unchecked`): these trampolines run dozens of times a query.
+    pub(crate) fn call(
+        &self,
+        mut caller: Caller<'_, HostState>,
+        space: &mut [MaybeUninit<ValRaw>],
+    ) -> wasmtime::Result<()> {
+        // SAFETY: wasmtime initialises the parameters of an unchecked host function, per its
+        // type: an i32 function pointer, then `self.params` arguments.
+        let index = unsafe { space[0].assume_init() }.get_u32();
+        let (table, stack_pointer) = {
+            let exports = caller.data().exports();
+            (exports.table, exports.stack_pointer)
+        };
+        let func: Func = table
+            .get(&mut caller, u64::from(index))
+            .and_then(|r| r.as_func().flatten().copied())
+            .ok_or_else(|| wasmtime::format_err!("invoke: no function at table index {index}"))?;
+        if caller.data().invoke_checks.get(index) != self.id {
+            if !func.matches_ty(&caller, &self.callee) {
+                let found = func.ty(&caller);
+                wasmtime::bail!(
+                    "invoke: the function at table index {index} has type {found}, expected {}",
+                    self.callee
+                );
             }
-            Ok(())
+            caller.data_mut().invoke_checks.set(index, self.id);
         }
-        Err(e) => Err(e),
+        let saved_sp = stack_pointer.get(&mut caller);
+        let mut inline = [ValRaw::v128(0); INLINE_ARGS];
+        let mut heap = Vec::new();
+        let args: &mut [ValRaw] = if self.params <= INLINE_ARGS {
+            &mut inline[..self.params.max(1)]
+        } else {
+            heap.resize(self.params, ValRaw::v128(0));
+            &mut heap
+        };
+        for (arg, given) in args.iter_mut().zip(&space[1..=self.params]) {
+            // SAFETY: initialised by wasmtime, as above.
+            *arg = unsafe { given.assume_init() };
+        }
+        // SAFETY: `func` has type `self.callee` (checked above for this slot, whose function never
+        // changes: slots are filled by element segments and by the dynamic linker, which only
+        // fills new ones), `args` holds its parameters in order with room for its one result,
+        // and `func` belongs to this store (it came from this instance's table).
+        let called = unsafe { func.call_unchecked(&mut caller, args as *mut [ValRaw]) };
+        match called {
+            Ok(()) => {
+                if self.has_result {
+                    space[0] = MaybeUninit::new(args[0]);
+                }
+                Ok(())
+            }
+            Err(e) if e.is::<Longjmp>() => {
+                stack_pointer.set(&mut caller, saved_sp)?;
+                let set_threw = caller.data().exports().set_threw.clone();
+                set_threw.call(&mut caller, (1, 0))?;
+                if self.has_result {
+                    // All-zero bits: 0 of any numeric type.
+                    space[0] = MaybeUninit::new(ValRaw::v128(0));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The number of the invoke signature `name` in [`InvokeChecks`], the same for every module of
+/// the process: 1, 2, ... in order of first use (`None` past 255 signatures).
+fn signature_id(name: &str) -> Option<u8> {
+    static IDS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+    let at = match ids.iter().position(|known| known == name) {
+        Some(at) => at,
+        None => {
+            ids.push(name.to_owned());
+            ids.len() - 1
+        }
+    };
+    u8::try_from(at + 1).ok()
+}
+
+/// Makes the trampoline `invoke_<sig>` for a store (a side module's import the main module does
+/// not have).
+pub(crate) fn invoke_func(store: impl wasmtime::AsContextMut<Data = HostState>, name: &str) -> Option<Func> {
+    let (ty, invoke) = Invoke::new(store.as_context().engine(), name)?;
+    // SAFETY: `Invoke::call` reads its arguments and writes its result as `ty` lays them out
+    // (`Invoke::new` derived both from the name).
+    Some(unsafe { Func::new_unchecked(store, ty, move |caller, space| invoke.call(caller, space)) })
+}
+
+/// Which invoke signature each table slot's function was last checked against (0: none yet), so
+/// that each slot is checked once per signature rather than on every call.
+#[derive(Default)]
+pub(crate) struct InvokeChecks(Vec<u8>);
+
+impl InvokeChecks {
+    fn get(&self, slot: u32) -> u8 {
+        self.0.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, slot: u32, id: u8) {
+        let slot = slot as usize;
+        if slot >= self.0.len() {
+            self.0.resize(slot + 1, 0);
+        }
+        self.0[slot] = id;
     }
 }

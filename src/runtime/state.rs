@@ -30,6 +30,8 @@ pub(crate) struct HostState {
     /// Added to the monotonic clock: Postgres' waits (pg_sleep, lock waits) spin on that clock
     /// in PGlite, so a delivered cancel moves it forward to end the wait and reach the check.
     pub monotonic_skip: std::time::Duration,
+    /// Table slots already checked by the `invoke_*` trampolines.
+    pub invoke_checks: super::sjlj::InvokeChecks,
 }
 
 impl HostState {
@@ -44,6 +46,7 @@ impl HostState {
             epoch: Instant::now(),
             interrupts: Arc::new(InterruptFlags::default()),
             monotonic_skip: std::time::Duration::ZERO,
+            invoke_checks: Default::default(),
         }
     }
 

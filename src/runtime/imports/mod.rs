@@ -27,10 +27,16 @@ pub(crate) fn linker(engine: &Engine, module: &wasmtime::Module) -> wasmtime::Re
     wasi::define(&mut linker)?;
     // setjmp/longjmp trampolines, one per signature the module imports.
     for import in module.imports() {
-        if let Some(ty) = sjlj::invoke_type(engine, import.name())
-            && import.module() == "env"
+        if import.module() == "env"
+            && let Some((ty, invoke)) = sjlj::Invoke::new(engine, import.name())
         {
-            linker.func_new("env", import.name(), ty, sjlj::invoke)?;
+            // SAFETY: `Invoke::call` reads its arguments and writes its result as `ty` lays them
+            // out (`Invoke::new` derived both from the name).
+            unsafe {
+                linker.func_new_unchecked("env", import.name(), ty, move |caller, space| {
+                    invoke.call(caller, space)
+                })?
+            };
         }
     }
     Ok(linker)
