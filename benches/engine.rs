@@ -118,6 +118,54 @@ fn main() {
     backend.exec(&commit).unwrap();
     let pglite = started.elapsed();
     row("25,000 single-row INSERTs in one transaction (exec)", pglite, "");
+
+    // What sqlx sends for each execution of a prepared statement: Bind, Execute, Sync.
+    let prepare = message(|m| {
+        frontend::parse("ins", "INSERT INTO bench_prepared VALUES ($1, $2)", [], m).unwrap();
+        frontend::sync(m);
+    });
+    let executions: Vec<BytesMut> = (0..25_000)
+        .map(|i: i32| {
+            message(|m| {
+                let (id, body) = (i.to_be_bytes(), format!("row {i}"));
+                let params = [&id[..], body.as_bytes()];
+                frontend::bind(
+                    "",
+                    "ins",
+                    [1, 1],
+                    params,
+                    |p, buf| {
+                        buf.extend_from_slice(p);
+                        Ok(postgres_protocol::IsNull::No)
+                    },
+                    [1],
+                    m,
+                )
+                .map_err(|_| ())
+                .unwrap();
+                frontend::execute("", 0, m).unwrap();
+                frontend::sync(m);
+            })
+        })
+        .collect();
+    backend
+        .exec(&message(|m| {
+            frontend::query("CREATE TABLE bench_prepared(id int PRIMARY KEY, body text)", m).unwrap()
+        }))
+        .unwrap();
+    backend.exec(&prepare).unwrap();
+    let started = Instant::now();
+    backend.exec(&begin).unwrap();
+    for execution in &executions {
+        backend.exec(execution).unwrap();
+    }
+    backend.exec(&commit).unwrap();
+    let prepared = started.elapsed();
+    row(
+        "25,000 prepared INSERTs (Bind/Execute/Sync each, exec)",
+        prepared,
+        "",
+    );
     drop(backend);
 
     // The same messages to native PostgreSQL 18.6, with PGlite's settings (fsync off, 16 MB of
@@ -137,6 +185,26 @@ fn main() {
                 "25,000 single-row INSERTs, native PostgreSQL 18.6 (TCP)",
                 native,
                 "",
+            );
+            conn.exec(&message(|m| {
+                frontend::query("CREATE TABLE bench_prepared(id int PRIMARY KEY, body text)", m).unwrap()
+            }))
+            .unwrap();
+            conn.exec(&prepare).unwrap();
+            let started = Instant::now();
+            conn.exec(&begin).unwrap();
+            for execution in &executions {
+                conn.exec(execution).unwrap();
+            }
+            conn.exec(&commit).unwrap();
+            let native_prepared = started.elapsed();
+            row(
+                "25,000 prepared INSERTs, native PostgreSQL 18.6 (TCP)",
+                native_prepared,
+                &format!(
+                    "PGlite exec / native {:.2}x",
+                    prepared.as_secs_f64() / native_prepared.as_secs_f64()
+                ),
             );
             let ratio = pglite.as_secs_f64() / native.as_secs_f64();
             println!(

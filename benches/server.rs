@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench --profile dev --bench server
 //! cargo bench --profile dev --bench server -- --reps=1
+//! cargo bench --profile dev --bench server -- --only=inserts,updates   # a subset, by key
 //! ```
 
 mod support;
@@ -61,6 +62,20 @@ impl Workload {
         Workload::Pool1,
     ];
 
+    /// The name `--only=` selects it by.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Select1 => "select1",
+            Workload::Inserts => "inserts",
+            Workload::BulkInsert => "bulk",
+            Workload::IndexedInserts => "indexed",
+            Workload::PkSelects => "selects",
+            Workload::PkUpdates => "updates",
+            Workload::Pool8 => "pool8",
+            Workload::Pool1 => "pool1",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Workload::Select1 => "SELECT 1 round trip (median of 2,000)",
@@ -93,10 +108,20 @@ fn main() {
         .find_map(|a| a.strip_prefix("--reps=").map(|n| n.parse::<usize>().unwrap()))
         .unwrap_or(3)
         .max(1);
+    let only: Option<Vec<String>> = std::env::args().find_map(|a| {
+        a.strip_prefix("--only=")
+            .map(|keys| keys.split(',').map(str::to_owned).collect())
+    });
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| only.as_ref().is_none_or(|keys| keys.iter().any(|k| k == w.key())))
+        .collect();
     println!(
         "pglite-harness server benchmark: sqlx 0.9 against the PGlite server and native PostgreSQL 18.6"
     );
-    println!("(both on loopback TCP; native with fsync=off, shared_buffers=16MB; median of {reps} runs)\n");
+    println!(
+        "(both on loopback TCP; native with fsync=off, shared_buffers=16MB; median of {reps} runs, taken in turns)\n"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,12 +157,29 @@ fn main() {
         .map(|n| format!("postgresql://postgres@127.0.0.1:{}/postgres", n.port));
     println!();
 
-    let measure = |url: &str, workload: Workload| -> Result<Duration> {
-        let mut times = Vec::with_capacity(reps);
+    // PGlite and native take turns, run by run, so that both see the same machine: on a shared
+    // machine the load drifts within seconds. The ratio is the median of the runs' ratios.
+    let measure = |workload: Workload| -> (Result<Duration>, Option<Result<Duration>>, Option<f64>) {
+        let (mut pglite, mut native, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            times.push(runtime.block_on(workload.run(url))?);
+            let p = match runtime.block_on(workload.run(&pglite_url)) {
+                Ok(p) => p,
+                Err(e) => return (Err(e), None, None),
+            };
+            pglite.push(p);
+            if let Some(url) = native_url.as_deref() {
+                match runtime.block_on(workload.run(url)) {
+                    Ok(n) => {
+                        native.push(n);
+                        ratios.push(p.as_secs_f64() / n.as_secs_f64());
+                    }
+                    Err(e) => return (Ok(median(pglite)), Some(Err(e)), None),
+                }
+            }
         }
-        Ok(median(times))
+        let native = (!native.is_empty()).then(|| Ok(median(native)));
+        ratios.sort_by(f64::total_cmp);
+        (Ok(median(pglite)), native, ratios.get(ratios.len() / 2).copied())
     };
 
     println!(
@@ -147,13 +189,8 @@ fn main() {
     println!("{}", "-".repeat(110));
     let total = Instant::now();
     let mut pool_figures = Vec::new();
-    for workload in Workload::ALL {
-        let pglite = measure(&pglite_url, workload);
-        let native = native_url.as_deref().map(|url| measure(url, workload));
-        let ratio = match (&pglite, &native) {
-            (Ok(p), Some(Ok(n))) => Some(p.as_secs_f64() / n.as_secs_f64()),
-            _ => None,
-        };
+    for workload in workloads {
+        let (pglite, native, ratio) = measure(workload);
         println!(
             "{:<55} {:>11} {:>11} {:>8}   {}",
             workload.label(),
@@ -190,6 +227,17 @@ fn main() {
         );
     }
     println!("(benchmark time {})", show(total.elapsed()));
+    // How much of PGlite's time the backend itself ran, against the transport around it.
+    let metrics = server.metrics();
+    if metrics.queries > 0 {
+        println!(
+            "PGlite backend: {} batches run, {} busy in all ({:.1} µs per statement), {} waiting in the connection queue",
+            metrics.queries,
+            show(metrics.backend_busy),
+            metrics.backend_busy.as_secs_f64() * 1e6 / metrics.queries as f64,
+            show(metrics.queue_wait),
+        );
+    }
 
     drop(runtime);
     if let Err(e) = server.shutdown() {

@@ -262,8 +262,16 @@ fn engine_config() -> Config {
         // data segments, a clone from a snapshot.
         .with_host_memory(Arc::new(memory::ImageMemoryCreator))
         .memory_init_cow(false);
+    // For `perf record`: `PGLITE_HARNESS_PERFMAP=1` writes /tmp/perf-<pid>.map naming the
+    // compiled wasm functions.
+    if std::env::var_os(PERFMAP_ENV).is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
+
+/// Set to `1` to have wasmtime write a perf map of the compiled wasm functions (for `perf`).
+const PERFMAP_ENV: &str = "PGLITE_HARNESS_PERFMAP";
 
 /// Maps each exported function of `wasm` to the table slot its active element segment gives it.
 fn table_slots(wasm: &[u8]) -> Result<HashMap<String, u32>, wasmparser::BinaryReaderError> {
