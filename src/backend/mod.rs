@@ -15,6 +15,7 @@
 //! ```
 
 mod datadir;
+mod engine;
 mod handoff;
 mod log;
 mod protocol;
@@ -27,13 +28,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use datadir::{DataDir, LOCK_FILE};
+pub(crate) use engine::Engine;
 pub use protocol::ProtocolError;
 pub use simple::{Notification, ServerMessage, SimpleQueryOutput, StatementResult};
 
 use crate::assets;
 use crate::runtime::{
-    BACKEND_THREAD_STACK, CallError, InstanceSnapshot, InterruptFlags, MoreInput, PgInstance, Runtime,
-    RuntimeError,
+    BACKEND_THREAD_STACK, CallError, InstanceSnapshot, InterruptFlags, PgInstance, Runtime, RuntimeError,
 };
 use crate::vfs::{Durability, Vfs};
 use log::ServerLog;
@@ -155,9 +156,6 @@ impl Default for BackendBuilder {
         }
     }
 }
-
-/// How long an asynchronous exec waits actively for the backend's answer before yielding.
-const REPLY_SPIN: Duration = Duration::from_micros(200);
 
 /// Settings always passed at start (the official client's, §3.1 step 12).
 const OFFICIAL_SETTINGS: &[(&str, &str)] = &[
@@ -354,30 +352,28 @@ impl std::fmt::Debug for Backend {
 
 /// What the handle asks of the backend thread.
 enum Command {
-    /// Messages to run, a source of further input, and where an async caller awaits the reply
-    /// (`None`: the handoff's own reply slot).
-    Exec(
-        Vec<u8>,
-        Option<MoreInput>,
-        Option<tokio::sync::oneshot::Sender<Reply>>,
-    ),
+    Exec(Vec<u8>),
     Startup(Vec<u8>),
     InTransaction,
     MemorySize,
     SetBlob(Vec<u8>),
     TakeBlob,
     Snapshot,
+    /// Runs code on the backend thread with the engine in hand (see [`Backend::lend`]).
+    Lend(Box<dyn FnOnce(Engine) -> Engine + Send>),
     Close,
 }
 
 /// The backend thread's answers, one per command.
 enum Reply {
-    Output(Vec<u8>, Result<(), CallError>),
-    InTransaction(Result<bool, CallError>),
+    Output(Result<Vec<u8>, BackendError>),
+    InTransaction(Result<bool, BackendError>),
     MemorySize(usize),
     Blob(Vec<u8>),
-    Snapshot(Result<Box<InstanceSnapshot>, CallError>),
-    Done(Result<(), CallError>),
+    Snapshot(Result<Box<InstanceSnapshot>, BackendError>),
+    /// The engine is back from a loan; why it died meanwhile, if it did.
+    Returned(Option<String>),
+    Done(Result<(), BackendError>),
 }
 
 impl Backend {
@@ -466,7 +462,7 @@ impl Backend {
             .name("pglite-backend".into())
             .stack_size(BACKEND_THREAD_STACK)
             .spawn(move || {
-                let mut instance = match start(&log) {
+                let instance = match start(&log) {
                     Ok(instance) => instance,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -475,8 +471,8 @@ impl Backend {
                 };
                 receiver.register();
                 let _ = ready_tx.send(Ok(instance.interrupts()));
-                serve(&mut instance, receiver, &log, in_memory);
-                drop(instance);
+                // The engine (and its instance) is gone when `serve` returns, before the lock.
+                serve(Engine::new(instance, log, in_memory), receiver);
                 drop(lock);
             })
             .map_err(|source| BackendError::Io {
@@ -575,7 +571,7 @@ impl Backend {
                     database: self.database.clone(),
                 }),
             }),
-            Some(Reply::Snapshot(Err(e))) => Err(BackendError::Snapshot(e.to_string())),
+            Some(Reply::Snapshot(Err(e))) => Err(e),
             _ => {
                 let reason = "the backend thread is gone".to_owned();
                 self.dead = Some(reason.clone());
@@ -611,50 +607,8 @@ impl Backend {
                 StartupPacket::Startup => self.round_trip(Command::Startup(messages.to_vec())),
             };
         }
-        match self.runnable(messages)? {
-            Some(runnable) => self.round_trip(Command::Exec(runnable.to_vec(), None, None)),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// [`exec`](Self::exec) for a front end that relays a client from async code: the calling
-    /// task waits without blocking its thread, and when the backend needs more input than
-    /// `messages` (COPY FROM STDIN, whose data the client sends only after the CopyInResponse),
-    /// `more_input` is called on the backend's thread with the reply bytes produced so far —
-    /// deliver them to the client — and returns the client's next complete messages, or `None`
-    /// to end the COPY with an error.
-    pub(crate) async fn exec_async(
-        &mut self,
-        messages: &[u8],
-        more_input: Option<MoreInput>,
-    ) -> Result<Vec<u8>, BackendError> {
-        let Some(runnable) = self.runnable(messages)? else {
-            return Ok(Vec::new());
-        };
-        let runnable = runnable.to_vec();
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let reply = if self.commands.send(Command::Exec(runnable, more_input, Some(tx))) {
-            // Most statements answer within tens of microseconds: waiting for them here costs
-            // less than parking the runtime's thread and being woken by the backend's thread.
-            let started = Instant::now();
-            loop {
-                match rx.try_recv() {
-                    Ok(reply) => break Some(reply),
-                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break None,
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-                        if started.elapsed() < REPLY_SPIN =>
-                    {
-                        // Yielding, not spinning: on a machine with few cores the backend's
-                        // thread may be waiting for this very core.
-                        std::thread::yield_now();
-                    }
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break rx.await.ok(),
-                }
-            }
-        } else {
-            None
-        };
-        self.settle(reply)
+        self.check_alive()?;
+        self.round_trip(Command::Exec(messages.to_vec()))
     }
 
     fn check_alive(&self) -> Result<(), BackendError> {
@@ -666,18 +620,6 @@ impl Backend {
         }
     }
 
-    /// The part of `messages` to run: they must be complete frontend messages of known types;
-    /// a Terminate and anything after it are dropped. `None` when nothing is left to run.
-    fn runnable<'m>(&self, messages: &'m [u8]) -> Result<Option<&'m [u8]>, BackendError> {
-        self.check_alive()?;
-        let frames = protocol::frames(messages)?;
-        let end = frames
-            .iter()
-            .find(|f| f.tag == b'X')
-            .map_or(messages.len(), |f| f.start);
-        Ok((end > 0).then(|| &messages[..end]))
-    }
-
     fn round_trip(&mut self, command: Command) -> Result<Vec<u8>, BackendError> {
         let reply = self.commands.call(command);
         self.settle(reply)
@@ -686,17 +628,51 @@ impl Backend {
     /// Turns the backend thread's answer into the caller's result, noting a death.
     fn settle(&mut self, reply: Option<Reply>) -> Result<Vec<u8>, BackendError> {
         match reply {
-            Some(Reply::Output(output, Ok(()))) => Ok(output),
-            Some(Reply::Output(output, Err(e))) => {
-                let reason = fatal_reason(&output).unwrap_or_else(|| e.to_string());
-                self.dead = Some(reason.clone());
-                Err(BackendError::Fatal { reason, output })
+            Some(Reply::Output(result)) => self.noting_death(result),
+            _ => Err(self.thread_gone()),
+        }
+    }
+
+    /// `result`, after noting the backend's death if it reports one.
+    fn noting_death<T>(&mut self, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        if let Err(BackendError::Fatal { reason, .. } | BackendError::Dead { reason }) = &result {
+            self.dead.get_or_insert_with(|| reason.clone());
+        }
+        result
+    }
+
+    /// Notes that the backend thread ended (it panicked) and says so.
+    fn thread_gone(&mut self) -> BackendError {
+        let reason = "the backend thread is gone".to_owned();
+        self.dead = Some(reason.clone());
+        BackendError::Dead { reason }
+    }
+
+    /// Runs `f` on the backend's thread with the engine in hand, and returns its result when it
+    /// returns the engine: code that drives the backend with many small calls (the server) runs
+    /// them there directly instead of handing each one to the thread and back. The backend's
+    /// other methods are not available meanwhile (this call blocks its caller throughout).
+    pub(crate) fn lend<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(Engine) -> (Engine, R) + Send + 'static,
+    ) -> Result<R, BackendError> {
+        self.check_alive()?;
+        let result = Arc::new(Mutex::new(None));
+        let slot = result.clone();
+        let lent = Box::new(move |engine: Engine| {
+            let (engine, value) = f(engine);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+            engine
+        });
+        match self.commands.call(Command::Lend(lent)) {
+            Some(Reply::Returned(dead)) => {
+                if let Some(reason) = dead {
+                    self.dead.get_or_insert(reason);
+                }
+                let value = result.lock().unwrap_or_else(|e| e.into_inner()).take();
+                value.ok_or_else(|| self.thread_gone())
             }
-            _ => {
-                let reason = "the backend thread is gone".to_owned();
-                self.dead = Some(reason.clone());
-                Err(BackendError::Dead { reason })
-            }
+            _ => Err(self.thread_gone()),
         }
     }
 
@@ -731,16 +707,8 @@ impl Backend {
     pub fn in_transaction(&mut self) -> Result<bool, BackendError> {
         self.check_alive()?;
         match self.commands.call(Command::InTransaction) {
-            Some(Reply::InTransaction(Ok(open))) => Ok(open),
-            Some(Reply::InTransaction(Err(e))) => {
-                self.dead = Some(e.to_string());
-                Err(BackendError::Dead {
-                    reason: e.to_string(),
-                })
-            }
-            _ => Err(BackendError::Dead {
-                reason: "the backend thread is gone".into(),
-            }),
+            Some(Reply::InTransaction(result)) => self.noting_death(result),
+            _ => Err(self.thread_gone()),
         }
     }
 
@@ -879,9 +847,8 @@ impl Backend {
         };
         let _ = thread.join();
         match (result, &self.dead) {
-            (_, Some(_)) => Ok(()),
-            (Ok(()), None) => Ok(()),
-            (Err(e), None) => Err(BackendError::Shutdown(e.to_string())),
+            (_, Some(_)) | (Ok(()), None) => Ok(()),
+            (Err(e), None) => Err(e),
         }
     }
 }
@@ -1082,70 +1049,41 @@ impl CancelHandle {
 }
 
 /// The worker loop: runs commands until `Close` or until the handle is dropped.
-fn serve(
-    instance: &mut PgInstance,
-    commands: handoff::Worker<Command, Reply>,
-    log: &ServerLog,
-    in_memory: bool,
-) {
-    let mut dead = false;
+fn serve(mut engine: Engine, commands: handoff::Worker<Command, Reply>) {
     while let Some(command) = commands.recv() {
         let reply = match command {
-            Command::Exec(bytes, more_input, reply_to) => {
-                let (output, result) = if dead {
-                    (Vec::new(), Err(CallError::Trap("the backend is dead".into())))
-                } else {
-                    instance.exec(&bytes, more_input)
-                };
-                if let Err(e) = &result
-                    && !dead
-                {
-                    dead = true;
-                    tracing::debug!(target: "pglite_harness::backend", "backend died: {e}; log: {:?}", log.last_problem());
-                }
-                match reply_to {
-                    Some(reply_to) => {
-                        let _ = reply_to.send(Reply::Output(output, result));
-                        continue;
-                    }
-                    None => Reply::Output(output, result),
-                }
-            }
-            Command::Startup(_) if dead => {
-                Reply::Output(Vec::new(), Err(CallError::Trap("the backend is dead".into())))
-            }
-            Command::Startup(bytes) => {
-                let (output, result) = instance.startup(&bytes);
-                dead |= result.is_err();
-                Reply::Output(output, result)
-            }
-            Command::InTransaction => Reply::InTransaction(instance.in_transaction_block()),
-            Command::MemorySize => Reply::MemorySize(instance.memory_size()),
+            Command::Exec(bytes) => Reply::Output(engine.exec(&bytes, None)),
+            Command::Startup(bytes) => Reply::Output(engine.startup(&bytes)),
+            Command::InTransaction => Reply::InTransaction(engine.in_transaction()),
+            Command::MemorySize => Reply::MemorySize(engine.memory_size()),
             Command::SetBlob(data) => {
-                instance.vfs_mut().set_blob_input(data);
+                engine.instance_mut().vfs_mut().set_blob_input(data);
                 Reply::Done(Ok(()))
             }
-            Command::TakeBlob => Reply::Blob(instance.vfs_mut().take_blob_output()),
-            Command::Snapshot if dead => Reply::Snapshot(Err(CallError::Trap("the backend is dead".into()))),
-            Command::Snapshot => Reply::Snapshot(instance.snapshot().map(Box::new)),
+            Command::TakeBlob => Reply::Blob(engine.instance_mut().vfs_mut().take_blob_output()),
+            Command::Snapshot => Reply::Snapshot(match engine.dead_reason() {
+                Some(reason) => Err(BackendError::Dead {
+                    reason: reason.to_owned(),
+                }),
+                None => engine
+                    .instance_mut()
+                    .snapshot()
+                    .map(Box::new)
+                    .map_err(|e| BackendError::Snapshot(e.to_string())),
+            }),
+            Command::Lend(f) => {
+                engine = f(engine);
+                Reply::Returned(engine.dead_reason().map(str::to_owned))
+            }
             Command::Close => {
-                // In memory nothing outlives the instance: a shutdown checkpoint would only write
-                // buffers to files about to be dropped.
-                let result = if dead || in_memory {
-                    Ok(())
-                } else {
-                    instance.shutdown()
-                };
-                commands.reply(Reply::Done(result));
+                commands.reply(Reply::Done(engine.shut_down()));
                 return;
             }
         };
         commands.reply(reply);
     }
     // The handle was dropped without Close (it always sends Close; this is a panic path).
-    if !dead {
-        let _ = instance.shutdown();
-    }
+    let _ = engine.shut_down();
 }
 
 /// Makes a freshly booted instance (database `postgres`, role `postgres`) run as `user` in

@@ -1,7 +1,15 @@
-//! One client connection: startup, then batches of messages run on the shared backend while the
-//! connection owns it.
+//! One client connection, after its StartupMessage: authentication, then batches of messages run
+//! on the shared backend while the connection owns it.
+//!
+//! Connections run on the backend's own thread (see [`Backend::lend`]), so a batch runs on the
+//! engine directly, with no thread hop: the thread reads a client's messages, runs them, and
+//! writes the reply, as a Postgres backend process does.
+//!
+//! [`Backend::lend`]: crate::backend::Backend::lend
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
@@ -10,23 +18,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ServerBuilder;
+use super::accept::CancelRegistry;
+use super::blocking::SocketFd;
 use super::messages::{self, RenameEffect, error_response, put_message};
 use super::metrics::Counted;
 use super::session;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{BackendError, Engine};
 
-/// State shared by all connections of one server.
+/// State shared by all connections of one server, on the backend's thread.
 pub(crate) struct Shared {
-    /// The backend; its lock is the FIFO queue of connections waiting for their turn.
-    pub backend: Arc<Mutex<Backend>>,
-    /// Cancels the backend's running statement.
-    pub cancel: crate::backend::CancelHandle,
+    /// The engine, lent by the backend for as long as the server runs. Borrowed only for the
+    /// length of one synchronous run, never across an `.await`.
+    pub engine: RefCell<Option<Engine>>,
+    /// The FIFO queue of connections waiting for their turn on the backend; holding its guard is
+    /// owning the backend.
+    pub turn: Arc<Mutex<()>>,
+    /// Connections' cancel keys and the running connection, shared with the accept thread.
+    pub cancels: Arc<CancelRegistry>,
     /// The SCRAM verifier of the configured password, if any.
     pub verifier: Option<super::scram::ScramVerifier>,
-    /// The secret of each connection's BackendKeyData, by connection id.
-    pub keys: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
-    /// The connection whose messages the backend is running, if any.
-    pub executing: std::sync::Mutex<Option<u32>>,
     /// Connections listening on each channel.
     pub listeners: std::sync::Mutex<std::collections::HashMap<String, HashSet<u32>>>,
     /// Where each connection's notifications go.
@@ -42,24 +52,21 @@ pub(crate) struct Shared {
     pub metrics: Arc<super::metrics::Counters>,
 }
 
-/// Protocol codes of packets without a type byte.
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
-const CANCEL_REQUEST: u32 = 80_877_102;
-const PROTOCOL_3_0: u32 = 196_608;
-/// Largest startup packet Postgres accepts.
-const MAX_STARTUP_PACKET: usize = 10_000;
-
 /// The client's socket and the bytes read from it but not yet taken.
 struct ClientIo {
+    /// First, so that it is dropped before the socket closes.
+    _watched: super::blocking::Watched,
     reader: ClientReader,
     writer: Arc<Mutex<ClientWriter>>,
     input: BytesMut,
     max_message_size: usize,
+    /// The socket, for the blocking reads and writes of a COPY FROM STDIN (see
+    /// [`Connection::exec`]); it stays open as long as `reader` and `writer`.
+    socket: SocketFd,
 }
 
 struct Connection {
-    /// Shared with the backend thread while it streams COPY data (see [`Connection::exec`]).
+    /// Also reached by the COPY input source while the backend runs (see [`Connection::exec`]).
     io: Arc<Mutex<ClientIo>>,
     /// The socket's write half (also reachable from `io`), so notifications can be written while
     /// a read is pending.
@@ -69,11 +76,11 @@ struct Connection {
     /// LISTEN/UNLISTEN commands in the batch being run.
     pending_listen: Vec<session::ListenCommand>,
 
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     id: u32,
     prefix: String,
-    /// The backend, while this connection owns it.
-    owner: Option<OwnedMutexGuard<Backend>>,
+    /// This connection's turn on the backend, while it owns it.
+    owner: Option<OwnedMutexGuard<()>>,
     /// Prepared statements this connection created (client names).
     prepared: HashSet<Vec<u8>>,
 }
@@ -83,17 +90,27 @@ pub(crate) type ClientReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// The write half of a client socket (TCP or Unix).
 pub(crate) type ClientWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
-pub(crate) async fn serve(reader: ClientReader, writer: ClientWriter, shared: Arc<Shared>) {
+/// Serves a client whose StartupMessage carried `parameters`, until it leaves.
+pub(crate) async fn serve(
+    reader: ClientReader,
+    writer: ClientWriter,
+    socket: SocketFd,
+    watched: super::blocking::Watched,
+    parameters: Vec<u8>,
+    shared: Rc<Shared>,
+) {
     let id = super::next_id(&shared.next_id);
     let _open = shared.metrics.connection();
     let reader: ClientReader = Box::new(Counted::new(reader, shared.metrics.clone()));
     let writer: ClientWriter = Box::new(Counted::new(writer, shared.metrics.clone()));
     let writer = Arc::new(Mutex::new(writer));
     let io = ClientIo {
+        _watched: watched,
         reader,
         writer: writer.clone(),
         input: BytesMut::with_capacity(8192),
         max_message_size: shared.config.max_message_size,
+        socket,
     };
     let (mailbox, notifications) = tokio::sync::mpsc::unbounded_channel();
     shared
@@ -112,53 +129,13 @@ pub(crate) async fn serve(reader: ClientReader, writer: ClientWriter, shared: Ar
         owner: None,
         prepared: HashSet::new(),
     };
-    if let Ok(true) = conn.startup().await {
+    if let Ok(true) = conn.accept_startup(&parameters).await {
         let _ = conn.run().await;
     }
     conn.clean_up().await;
 }
 
 impl Connection {
-    /// Handles the startup phase; `Ok(true)` when the client is ready for queries.
-    async fn startup(&mut self) -> std::io::Result<bool> {
-        loop {
-            let mut io = self.io.lock().await;
-            let mut len = [0u8; 4];
-            io.reader.read_exact(&mut len).await?;
-            let len = u32::from_be_bytes(len) as usize;
-            if !(8..=MAX_STARTUP_PACKET).contains(&len) {
-                io.fatal("08P01", "invalid length of startup packet").await;
-                return Ok(false);
-            }
-            let mut body = vec![0u8; len - 4];
-            io.reader.read_exact(&mut body).await?;
-            drop(io);
-            let code = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
-            match code {
-                // TLS and GSS encryption are not offered: the client continues in the clear.
-                SSL_REQUEST | GSSENC_REQUEST => self.writer.lock().await.write_all(b"N").await?,
-                CANCEL_REQUEST => {
-                    if body.len() == 12 {
-                        let pid = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes"));
-                        let secret = u32::from_be_bytes(body[8..12].try_into().expect("4 bytes"));
-                        self.shared.cancel_if_running(pid, secret);
-                    }
-                    return Ok(false);
-                }
-                PROTOCOL_3_0 => return self.accept_startup(&body[4..]).await,
-                other => {
-                    let message = format!(
-                        "unsupported frontend protocol {}.{}: server supports 3.0",
-                        other >> 16,
-                        other & 0xffff
-                    );
-                    self.fatal("0A000", &message).await;
-                    return Ok(false);
-                }
-            }
-        }
-    }
-
     async fn accept_startup(&mut self, params: &[u8]) -> std::io::Result<bool> {
         let mut fields = params
             .split(|&b| b == 0)
@@ -213,11 +190,7 @@ impl Connection {
         out.extend_from_slice(&self.shared.parameter_statuses);
         let mut secret = [0u8; 4];
         getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.shared
-            .keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.id, u32::from_be_bytes(secret));
+        self.shared.cancels.register(self.id, u32::from_be_bytes(secret));
         put_message(&mut out, b'K', &[self.id.to_be_bytes(), secret].concat());
         put_message(&mut out, b'Z', b"I");
         self.writer.lock().await.write_all(&out).await?;
@@ -464,8 +437,7 @@ impl Connection {
     async fn run_sql(&mut self, sql: &str) -> Result<Vec<u8>, BackendError> {
         let mut msg = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
-        let backend = self.owner.as_mut().expect("owned");
-        let reply = backend.exec_async(&msg, None).await?;
+        let reply = self.shared.exec(&msg, None)?;
         let (kept, notes) = session::take_notifications(reply);
         self.shared.deliver(notes);
         Ok(kept)
@@ -473,47 +445,28 @@ impl Connection {
 
     /// Runs `bytes` on the backend, waiting for this connection's turn first.
     ///
-    /// A COPY FROM STDIN needs the client's data, which it sends only after the CopyInResponse:
-    /// the backend thread then writes the reply so far to the client and reads the client's next
-    /// messages itself, until CopyDone or CopyFail.
+    /// A COPY FROM STDIN needs the client's data, which it sends only after the CopyInResponse,
+    /// while the backend is running on this very thread: the backend then writes the reply so
+    /// far to the client and reads the client's next messages itself, blocking (see
+    /// [`copy_input`]), until CopyDone or CopyFail.
     async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
         if self.owner.is_none() {
             let queued = std::time::Instant::now();
-            self.owner = Some(self.shared.backend.clone().lock_owned().await);
+            self.owner = Some(self.shared.turn.clone().lock_owned().await);
             self.shared.metrics.waited(queued.elapsed());
             self.apply_settings().await?;
         }
-        let (io, prefix, runtime) = (
+        let more_input = copy_input(
             self.io.clone(),
             self.prefix.clone(),
-            tokio::runtime::Handle::current(),
+            self.shared.config.idle_in_transaction_timeout,
+            self.shared.metrics.clone(),
         );
-        let more_input: crate::runtime::MoreInput = Box::new(move |output: Vec<u8>| {
-            runtime.block_on(async {
-                let mut io = io.lock().await;
-                let writer = io.writer.clone();
-                writer
-                    .lock()
-                    .await
-                    .write_all(&messages::unrename_reply(&output, &prefix))
-                    .await
-                    .ok()?;
-                let mut more = BytesMut::new();
-                loop {
-                    let (tag, body) = io.read_message().await.ok()??;
-                    messages::rename(tag, &body, &prefix, &mut more)?;
-                    if matches!(tag, b'c' | b'f') || more.len() >= 1 << 20 || !io.has_message() {
-                        return Some(more.to_vec());
-                    }
-                }
-            })
-        });
-        let backend = self.owner.as_mut().expect("owned");
-        self.shared.set_executing(Some(self.id));
+        self.shared.cancels.set_executing(Some(self.id));
         let started = std::time::Instant::now();
-        let result = backend.exec_async(bytes, Some(more_input)).await;
+        let result = self.shared.exec(bytes, Some(more_input));
         self.shared.metrics.busy(started.elapsed());
-        self.shared.set_executing(None);
+        self.shared.cancels.set_executing(None);
         result
     }
 
@@ -531,11 +484,7 @@ impl Connection {
     async fn clean_up(&mut self) {
         // Whether the client left inside a transaction: it still owns the backend then.
         let in_transaction = self.owner.is_some();
-        self.shared
-            .keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.shared.cancels.forget(self.id);
         self.shared
             .mailboxes
             .lock()
@@ -560,7 +509,7 @@ impl Connection {
             return;
         }
         if self.owner.is_none() {
-            self.owner = Some(self.shared.backend.clone().lock_owned().await);
+            self.owner = Some(self.shared.turn.clone().lock_owned().await);
         }
         // Whose settings are in force only changes while the backend is owned: decide now.
         let reset_settings = {
@@ -598,11 +547,10 @@ impl Connection {
             }
             postgres_protocol::message::frontend::sync(&mut cleanup);
         }
-        if !cleanup.is_empty() {
-            let backend = self.owner.as_mut().expect("owned");
-            if let Err(e) = backend.exec_async(&cleanup, None).await {
-                tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
-            }
+        if !cleanup.is_empty()
+            && let Err(e) = self.shared.exec(&cleanup, None)
+        {
+            tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
         }
         self.release();
     }
@@ -633,6 +581,34 @@ impl ClientIo {
         }
     }
 
+    /// [`read_message`](Self::read_message) for a caller that holds the server's thread (a COPY
+    /// during a backend run): waits on the socket itself, at most `timeout` for each read.
+    /// `None` at EOF, on an error, or for a length beyond the limit (left in the buffer for the
+    /// message loop to refuse).
+    fn read_message_blocking(
+        &mut self,
+        timeout: std::time::Duration,
+        metrics: &super::metrics::Counters,
+    ) -> Option<(u8, BytesMut)> {
+        loop {
+            if self.input.len() >= 5 {
+                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
+                if len < 4 || len > self.max_message_size {
+                    return None;
+                }
+                if self.input.len() > len {
+                    let tag = self.input[0];
+                    self.input.advance(5);
+                    return Some((tag, self.input.split_to(len - 4)));
+                }
+            }
+            match self.socket.read(&mut self.input, timeout) {
+                Ok(0) | Err(_) => return None,
+                Ok(read) => metrics.received(read),
+            }
+        }
+    }
+
     /// Whether a complete message is already buffered.
     fn has_message(&self) -> bool {
         self.input.len() >= 5
@@ -643,6 +619,35 @@ impl ClientIo {
     async fn fatal(&mut self, code: &str, message: &str) {
         send_fatal(&self.writer, code, message).await;
     }
+}
+
+/// The source of a COPY FROM STDIN's data during one backend run on the server's thread: it
+/// writes the reply so far (up to the CopyInResponse) to the client, then reads the client's next
+/// messages from the socket directly, up to CopyDone or CopyFail (or 1 MiB, or what has arrived),
+/// renamed like any other. `None`, failing the COPY, when the client is gone or silent for
+/// `timeout`.
+fn copy_input(
+    io: Arc<Mutex<ClientIo>>,
+    prefix: String,
+    timeout: std::time::Duration,
+    metrics: Arc<super::metrics::Counters>,
+) -> crate::runtime::MoreInput {
+    Box::new(move |output: Vec<u8>| {
+        // Free: the connection's read finished before the run began, and nothing else runs on
+        // this thread during it.
+        let mut io = io.try_lock().ok()?;
+        let reply = messages::unrename_reply(&output, &prefix);
+        io.socket.write_all(&reply, timeout).ok()?;
+        metrics.sent(reply.len());
+        let mut more = BytesMut::new();
+        loop {
+            let (tag, body) = io.read_message_blocking(timeout, &metrics)?;
+            messages::rename(tag, &body, &prefix, &mut more)?;
+            if matches!(tag, b'c' | b'f') || more.len() >= 1 << 20 || !io.has_message() {
+                return Some(more.to_vec());
+            }
+        }
+    })
 }
 
 fn is_utf8(encoding: &str) -> bool {
@@ -716,20 +721,22 @@ impl Shared {
         }
     }
 
-    /// Records which connection the backend runs for; a cancel request only reaches that one.
-    /// A request not delivered by the end of the run is withdrawn, so it cannot hit the next one.
-    fn set_executing(&self, id: Option<u32>) {
-        let mut executing = self.executing.lock().unwrap_or_else(|e| e.into_inner());
-        *executing = id;
-        self.cancel.withdraw();
-    }
-
-    /// Handles a CancelRequest: cancels the running statement if it is that connection's.
-    fn cancel_if_running(&self, pid: u32, secret: u32) {
-        let known = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&pid) == Some(&secret);
-        let executing = self.executing.lock().unwrap_or_else(|e| e.into_inner());
-        if known && *executing == Some(pid) {
-            self.cancel.cancel();
+    /// Runs `bytes` on the engine, on this thread. The caller owns the backend (its turn).
+    pub(crate) fn exec(
+        &self,
+        bytes: &[u8],
+        more_input: Option<crate::runtime::MoreInput>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut slot = self.engine.borrow_mut();
+        let Some(engine) = slot.as_mut() else {
+            return Err(BackendError::Dead {
+                reason: "the server is stopping".into(),
+            });
+        };
+        let result = engine.exec(bytes, more_input);
+        if result.is_ok() {
+            self.metrics.sample_memory(engine);
         }
+        result
     }
 }

@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::connection::Shared;
+
 use super::ServerError;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{BackendError, Engine};
 
 /// A snapshot of a server's counters, from its start.
 ///
@@ -40,7 +43,7 @@ pub struct ServerMetrics {
     pub queue_wait: Duration,
     /// Time the backend spent running clients' messages, summed.
     pub backend_busy: Duration,
-    /// The backend's linear memory in bytes, as last sampled (when the backend was free).
+    /// The backend's linear memory in bytes, as sampled after its last run.
     pub memory_size: u64,
 }
 
@@ -89,6 +92,16 @@ impl Counters {
         }
     }
 
+    /// Counts bytes read from a client outside its counted socket half.
+    pub fn received(&self, bytes: usize) {
+        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts bytes written to a client outside its counted socket half.
+    pub fn sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     pub fn waited(&self, time: Duration) {
         self.queue_wait_ns.fetch_add(nanos(time), Ordering::Relaxed);
     }
@@ -109,12 +122,16 @@ impl Counters {
         self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Samples the backend's memory size; call only while owning the backend with nothing in flight.
-    pub fn sample_memory(&self, backend: &Backend) {
-        if backend.dead_reason().is_none() {
-            self.memory_size
-                .store(backend.memory_size() as u64, Ordering::Relaxed);
+    /// Samples the backend's memory size (after a run).
+    pub fn sample_memory(&self, engine: &Engine) {
+        if engine.dead_reason().is_none() {
+            self.set_memory_size(engine.memory_size());
         }
+    }
+
+    /// Records the backend's memory size.
+    pub fn set_memory_size(&self, bytes: usize) {
+        self.memory_size.store(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> ServerMetrics {
@@ -197,40 +214,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 }
 
 /// Runs `SELECT 1` on the backend once it is free (waiting in the connection queue like a
-/// client), within `timeout` in all. Returns how long it took. A statement already sent is never
-/// abandoned half-way: past the timeout it finishes in the background, still owning the backend.
-pub(crate) async fn ping(
-    backend: Arc<tokio::sync::Mutex<Backend>>,
-    counters: Arc<Counters>,
-    timeout: Duration,
-) -> Result<Duration, ServerError> {
+/// client), within `timeout` in all. Returns how long it took. Runs on the server's thread; a
+/// statement once started runs to its end (the caller of [`Server::ping`] stops waiting at the
+/// timeout regardless).
+///
+/// [`Server::ping`]: super::Server::ping
+pub(crate) async fn ping(shared: Rc<Shared>, timeout: Duration) -> Result<Duration, ServerError> {
     let started = Instant::now();
-    if let Some(reason) = counters.dead_reason() {
+    if let Some(reason) = shared.metrics.dead_reason() {
         return Err(BackendError::Dead { reason }.into());
     }
-    let mut owner = tokio::time::timeout(timeout, backend.lock_owned())
+    let _turn = tokio::time::timeout(timeout, shared.turn.clone().lock_owned())
         .await
         .map_err(|_| ServerError::Timeout(timeout))?;
-    let task_counters = counters.clone();
-    let run = tokio::spawn(async move {
-        let mut query = bytes::BytesMut::new();
-        let _ = postgres_protocol::message::frontend::query("SELECT 1", &mut query);
-        let result = owner.exec_async(&query, None).await;
-        match &result {
-            Ok(_) => task_counters.sample_memory(&owner),
-            Err(e) => task_counters.observe(e),
-        }
-        result
-    });
-    let reply = match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), run).await {
-        Err(_) => return Err(ServerError::Timeout(timeout)),
-        Ok(Err(_)) => {
-            return Err(ServerError::Runtime(std::io::Error::other(
-                "the health check panicked",
-            )));
-        }
-        Ok(Ok(reply)) => reply?,
-    };
+    let mut query = bytes::BytesMut::new();
+    let _ = postgres_protocol::message::frontend::query("SELECT 1", &mut query);
+    let reply = shared
+        .exec(&query, None)
+        .inspect_err(|e| shared.metrics.observe(e))?;
+    if started.elapsed() > timeout {
+        return Err(ServerError::Timeout(timeout));
+    }
     match crate::backend::SimpleQueryOutput::parse(&reply).scalar() {
         Some("1") => Ok(started.elapsed()),
         _ => Err(ServerError::Runtime(std::io::Error::other(

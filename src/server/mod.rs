@@ -26,18 +26,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod accept;
+mod blocking;
 mod connection;
 mod messages;
 mod metrics;
 mod scram;
 mod session;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Engine};
 pub use metrics::ServerMetrics;
 
 /// Errors of the server layer.
@@ -219,77 +224,54 @@ impl ServerBuilder {
             None => None,
         };
         let unix_socket_path = unix_socket.as_ref().map(|(_, path)| path.clone());
-        // One thread: the backend runs one batch at a time anyway, and a single thread spares
-        // the wake-ups between workers (SELECT 1 over sqlx: ~80 -> ~45 µs).
+        // The connections run on the backend's thread, in a runtime of their own: one thread,
+        // since the backend runs one batch at a time anyway.
+        let watchlist = blocking::Watchlist::default();
+        let watching = watchlist.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(move || watching.spin_until_readable(PARK_SPIN))
             .build()
             .map_err(ServerError::Runtime)?;
 
         let counters = Arc::new(metrics::Counters::default());
-        counters.sample_memory(&backend);
-        let shared = Arc::new(connection::Shared {
-            metrics: counters.clone(),
-            cancel: backend.cancel_handle(),
-            backend: Arc::new(tokio::sync::Mutex::new(backend)),
-            verifier: self.password.as_deref().map(scram::ScramVerifier::from_password),
-            keys: std::sync::Mutex::new(std::collections::HashMap::new()),
-            executing: std::sync::Mutex::new(None),
-            listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
-            mailboxes: std::sync::Mutex::new(std::collections::HashMap::new()),
-            session_settings: std::sync::Mutex::new(Default::default()),
-            parameter_statuses,
+        counters.set_memory_size(backend.memory_size());
+        let cancels = Arc::new(accept::CancelRegistry::new(backend.cancel_handle()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (arrivals_tx, arrivals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        let listening = accept::listen(
+            listener,
+            unix_socket.map(|(l, _)| l),
+            cancels.clone(),
+            arrivals_tx,
+            stop_rx.clone(),
+        )
+        .map_err(ServerError::Runtime)?;
+        let config = self.clone();
+        let serving = Serving {
             config: self,
-            next_id: AtomicU32::new(1),
-        });
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let config = shared.config.clone();
-        let monitor = Monitor {
-            backend: shared.backend.clone(),
-            counters,
-            runtime: runtime.handle().clone(),
+            counters: counters.clone(),
+            cancels,
+            parameter_statuses,
+            watchlist,
+            arrivals: arrivals_rx,
+            requests: requests_rx,
+            stop: stop_rx,
         };
-        // The server's runtime lives on a thread of its own, so the server can be started and
-        // stopped from any context: sync code, or inside another tokio runtime.
+        // This thread lends the backend to the server for as long as it runs (the connections
+        // then run on the backend's thread), and hands it back at the end.
         let thread = std::thread::Builder::new()
-            .name("pglite-server-main".into())
+            .name("pglite-server".into())
+            .stack_size(256 << 10)
             .spawn(move || -> Option<Backend> {
-                let accept_shared = shared.clone();
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => return tracing::error!("cannot serve: {e}"),
-                    };
-                    let unix = match unix_socket.map(|(l, _)| tokio::net::UnixListener::from_std(l)).transpose() {
-                        Ok(unix) => unix,
-                        Err(e) => return tracing::error!("cannot serve the Unix socket: {e}"),
-                    };
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => match accepted {
-                                Ok((stream, _)) => {
-                                    let _ = stream.set_nodelay(true);
-                                    let (reader, writer) = stream.into_split();
-                                    tokio::spawn(connection::serve(Box::new(reader), Box::new(writer), accept_shared.clone()));
-                                }
-                                Err(e) => tracing::warn!("accept failed: {e}"),
-                            },
-                            accepted = async { unix.as_ref().expect("guarded").accept().await }, if unix.is_some() => match accepted {
-                                Ok((stream, _)) => {
-                                    let (reader, writer) = stream.into_split();
-                                    tokio::spawn(connection::serve(Box::new(reader), Box::new(writer), accept_shared.clone()));
-                                }
-                                Err(e) => tracing::warn!("accept failed: {e}"),
-                            },
-                            _ = stop_rx.changed() => break,
-                        }
+                match backend.lend(move |engine| serving.run(engine, runtime)) {
+                    Ok(()) => Some(backend),
+                    Err(e) => {
+                        tracing::error!("the server's backend failed: {e}");
+                        None
                     }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(5));
-                Arc::try_unwrap(shared)
-                    .ok()
-                    .and_then(|shared| Arc::try_unwrap(shared.backend).ok())
-                    .map(|m| m.into_inner())
+                }
             })
             .map_err(ServerError::Runtime)?;
         Ok(Server {
@@ -298,10 +280,128 @@ impl ServerBuilder {
             unix_socket_path,
             thread: Some(thread),
             stop: stop_tx,
-            monitor: Some(monitor),
+            listening: Some(std::sync::Mutex::new(listening)),
+            monitor: Some(Monitor {
+                requests: requests_tx,
+                counters,
+            }),
         })
     }
 }
+
+/// What the server's thread needs to serve.
+struct Serving {
+    config: ServerBuilder,
+    counters: Arc<metrics::Counters>,
+    cancels: Arc<accept::CancelRegistry>,
+    parameter_statuses: Vec<u8>,
+    /// The client sockets, watched before the thread sleeps.
+    watchlist: blocking::Watchlist,
+    /// Clients from the accept thread, past their StartupMessage.
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<accept::Arrival>,
+    /// Health checks from [`Server::ping`].
+    requests: tokio::sync::mpsc::UnboundedReceiver<PingRequest>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A [`Server::ping`] waiting for its answer.
+struct PingRequest {
+    timeout: Duration,
+    answer: std::sync::mpsc::SyncSender<Result<Duration, ServerError>>,
+}
+
+impl Serving {
+    /// Serves clients on the backend's thread until told to stop; returns the engine.
+    fn run(mut self, engine: Engine, runtime: tokio::runtime::Runtime) -> (Engine, ()) {
+        let shared = Rc::new(connection::Shared {
+            engine: RefCell::new(Some(engine)),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            cancels: self.cancels.clone(),
+            verifier: self
+                .config
+                .password
+                .as_deref()
+                .map(scram::ScramVerifier::from_password),
+            listeners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            mailboxes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            session_settings: std::sync::Mutex::new(Default::default()),
+            parameter_statuses: std::mem::take(&mut self.parameter_statuses),
+            config: self.config.clone(),
+            next_id: AtomicU32::new(1),
+            metrics: self.counters.clone(),
+        });
+        let tasks = tokio::task::LocalSet::new();
+        tasks.block_on(&runtime, self.serve(shared.clone()));
+        // Every connection's task goes with the set, and with it every use of the engine.
+        drop(tasks);
+        drop(runtime);
+        let engine = shared
+            .engine
+            .borrow_mut()
+            .take()
+            .expect("the engine is taken back only once");
+        (engine, ())
+    }
+
+    async fn serve(mut self, shared: Rc<connection::Shared>) {
+        loop {
+            tokio::select! {
+                arrival = self.arrivals.recv() => match arrival {
+                    Some(arrival) => {
+                        if let Err(e) = Self::welcome(arrival, &shared, &self.watchlist) {
+                            tracing::warn!("cannot serve a client: {e}");
+                        }
+                    }
+                    None => break,
+                },
+                Some(request) = self.requests.recv() => {
+                    let shared = shared.clone();
+                    tokio::task::spawn_local(async move {
+                        let _ = request.answer.send(metrics::ping(shared, request.timeout).await);
+                    });
+                }
+                _ = self.stop.changed() => break,
+            }
+        }
+    }
+
+    /// Starts serving a client that sent its StartupMessage.
+    fn welcome(
+        arrival: accept::Arrival,
+        shared: &Rc<connection::Shared>,
+        watchlist: &blocking::Watchlist,
+    ) -> std::io::Result<()> {
+        let accept::Arrival { stream, parameters } = arrival;
+        let (reader, writer, socket): (connection::ClientReader, connection::ClientWriter, _) = match stream {
+            accept::ClientStream::Tcp(stream) => {
+                let stream = tokio::net::TcpStream::from_std(stream)?;
+                let socket = blocking::SocketFd::new(stream.as_raw_fd());
+                let (reader, writer) = stream.into_split();
+                (Box::new(reader), Box::new(writer), socket)
+            }
+            accept::ClientStream::Unix(stream) => {
+                let stream = tokio::net::UnixStream::from_std(stream)?;
+                let socket = blocking::SocketFd::new(stream.as_raw_fd());
+                let (reader, writer) = stream.into_split();
+                (Box::new(reader), Box::new(writer), socket)
+            }
+        };
+        let watched = watchlist.watch(socket.raw());
+        tokio::task::spawn_local(connection::serve(
+            reader,
+            writer,
+            socket,
+            watched,
+            parameters,
+            shared.clone(),
+        ));
+        Ok(())
+    }
+}
+
+/// How long the server's thread watches its clients' sockets before it sleeps (see
+/// [`blocking::Watchlist`]).
+const PARK_SPIN: Duration = Duration::from_micros(200);
 
 /// A running server. Dropping it stops it; [`Server::shutdown`] also reports the backend's
 /// shutdown result.
@@ -309,18 +409,19 @@ pub struct Server {
     local_addr: SocketAddr,
     config: ServerBuilder,
     unix_socket_path: Option<std::path::PathBuf>,
-    /// The server's thread; it hands the backend back when it ends.
+    /// The thread that lent the backend to the server; it hands the backend back when it ends.
     thread: Option<std::thread::JoinHandle<Option<Backend>>>,
     stop: tokio::sync::watch::Sender<bool>,
-    /// For health checks and metrics; dropped before the backend is taken back at shutdown.
+    /// Disconnects once the accept thread has closed the listeners.
+    listening: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    /// For health checks and metrics.
     monitor: Option<Monitor>,
 }
 
 /// What [`Server::ping`] and [`Server::metrics`] need of a running server.
 struct Monitor {
-    backend: Arc<tokio::sync::Mutex<Backend>>,
+    requests: tokio::sync::mpsc::UnboundedSender<PingRequest>,
     counters: Arc<metrics::Counters>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Server {
@@ -442,9 +543,13 @@ impl Server {
     }
 
     fn stop_all(&mut self) -> Result<Option<Backend>, ServerError> {
-        // The server thread takes the backend back to close it: let go of our reference first.
         self.monitor = None;
         let _ = self.stop.send(true);
+        // The port is free again once this returns.
+        if let Some(listening) = self.listening.take() {
+            let listening = listening.into_inner().unwrap_or_else(|e| e.into_inner());
+            let _ = listening.recv_timeout(Duration::from_secs(5));
+        }
         if let Some(path) = self.unix_socket_path.take() {
             let _ = std::fs::remove_file(path);
         }
@@ -479,12 +584,15 @@ impl Server {
                 "the server is stopped",
             )));
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ping = metrics::ping(monitor.backend.clone(), monitor.counters.clone(), timeout);
-        monitor.runtime.spawn(async move {
-            let _ = tx.send(ping.await);
-        });
-        rx.recv_timeout(timeout + Duration::from_secs(1))
+        if let Some(reason) = monitor.counters.dead_reason() {
+            return Err(BackendError::Dead { reason }.into());
+        }
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let _ = monitor.requests.send(PingRequest { timeout, answer });
+        // The server's thread may be running a long statement and not see the request for a
+        // while: the wait here is bounded regardless.
+        answered
+            .recv_timeout(timeout)
             .unwrap_or(Err(ServerError::Timeout(timeout)))
     }
 
@@ -502,8 +610,8 @@ impl Server {
         self.monitor.as_ref()?.counters.dead_reason()
     }
 
-    /// The server's counters since it started. The backend's memory size is sampled now if the
-    /// backend is free, else it is the last sample.
+    /// The server's counters since it started. The backend's memory size is the one sampled
+    /// after its last run.
     ///
     /// ```no_run
     /// # let server = pglite_harness::Server::builder().start(pglite_harness::Backend::builder().open()?)?;
@@ -511,13 +619,10 @@ impl Server {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn metrics(&self) -> ServerMetrics {
-        let Some(monitor) = &self.monitor else {
-            return ServerMetrics::default();
-        };
-        if let Ok(backend) = monitor.backend.try_lock() {
-            monitor.counters.sample_memory(&backend);
+        match &self.monitor {
+            Some(monitor) => monitor.counters.snapshot(),
+            None => ServerMetrics::default(),
         }
-        monitor.counters.snapshot()
     }
 }
 
