@@ -256,6 +256,34 @@ async fn a_client_that_vanishes_mid_copy_leaves_nothing_behind() {
     assert_eq!(count, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_in_the_middle_of_a_copy_is_timed_out_and_others_proceed() {
+    let server = Server::builder()
+        .idle_in_transaction_timeout(Duration::from_millis(300))
+        .start(Backend::builder().open().unwrap())
+        .unwrap();
+    let other = connect(&server).await;
+    other.batch_execute("CREATE TABLE t(a int)").await.unwrap();
+    let copier = connect(&server).await;
+    let sink = copier
+        .copy_in::<_, bytes::Bytes>("COPY t FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    use futures_util::SinkExt;
+    sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
+    sink.flush().await.unwrap();
+    // The copier now says nothing more, neither CopyDone nor CopyFail; the other client gets its
+    // turn once the COPY has waited out the timeout.
+    let count: i64 = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "the silent COPY was rolled back");
+    assert!(sink.close().await.is_err(), "the COPY failed");
+}
+
 #[tokio::test]
 async fn unknown_database_and_role_get_postgres_errors() {
     let server = start();
