@@ -14,8 +14,14 @@
 //! * malformed bytes are answered with a protocol-violation error on that connection only and
 //!   never reach the backend.
 //!
-//! Session settings changed with `SET`, temporary tables, `LISTEN` and advisory locks belong to
-//! the one shared session.
+//! `SET` values are per connection: each connection's are put in force when it takes its turn.
+//! Temporary tables and advisory locks belong to the one shared session; `LISTEN` registers in it,
+//! but a notification is delivered only to the connections listening on its channel.
+//!
+//! The connections run on the backend's own thread, which reads a client's messages, runs them
+//! and writes the reply, as a Postgres backend process does; a statement therefore never waits
+//! for a hand-over between threads. New clients, and CancelRequests for a running statement, are
+//! taken meanwhile by one accept thread shared by every server of the process.
 //!
 //! ```no_run
 //! use pglite_harness::{Backend, Server};
@@ -179,7 +185,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves `backend` on the configured address, from threads of the server's own.
+    /// Serves `backend` on the configured address. The connections run on the backend's own
+    /// thread (a batch runs there directly, with no hand-over between threads); new clients
+    /// and CancelRequests are taken by one accept thread shared by every server of the process.
     ///
     /// ```no_run
     /// # use pglite_harness::{Backend, Server};
@@ -401,7 +409,7 @@ impl Serving {
 
 /// How long the server's thread watches its clients' sockets before it sleeps (see
 /// [`blocking::Watchlist`]).
-const PARK_SPIN: Duration = Duration::from_micros(200);
+const PARK_SPIN: Duration = Duration::from_micros(50);
 
 /// A running server. Dropping it stops it; [`Server::shutdown`] also reports the backend's
 /// shutdown result.
