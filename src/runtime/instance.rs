@@ -335,24 +335,28 @@ impl PgInstance {
     /// error and the backend carries on.
     pub fn exec(&mut self, input: &[u8], more_input: Option<MoreInput>) -> (Vec<u8>, Result<(), CallError>) {
         self.store.data_mut().io.begin(input, more_input);
-        let result = self.run_messages();
+        // Every top-level call starts from the same C stack pointer: read it once.
+        let sp = self.stack_pointer();
+        let result = self.run_messages(sp);
         self.store.data_mut().io.more_input = None;
+        let (store, entry) = (&mut self.store, &self.entry);
         let result = result.and_then(|()| {
-            self.call(self.entry.send_ready_for_query.clone(), ())?;
-            self.call(self.entry.flush.clone(), ())
+            call_at(store, sp, &entry.send_ready_for_query, ())?;
+            call_at(store, sp, &entry.flush, ())
         });
         (std::mem::take(&mut self.store.data_mut().io.output), result)
     }
 
-    fn run_messages(&mut self) -> Result<(), CallError> {
+    fn run_messages(&mut self, sp: Val) -> Result<(), CallError> {
+        let (store, entry) = (&mut self.store, &self.entry);
         loop {
-            let io = &self.store.data().io;
-            if io.input_pos >= io.input.len() && self.call(self.entry.remaining.clone(), ())? <= 0 {
+            let io = &store.data().io;
+            if io.input_pos >= io.input.len() && call_at(store, sp, &entry.remaining, ())? <= 0 {
                 return Ok(());
             }
-            match self.call(self.entry.loop_once.clone(), ()) {
+            match call_at(store, sp, &entry.loop_once, ()) {
                 Ok(()) => {}
-                Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => self.call(self.entry.long_jmp.clone(), ())?,
+                Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => call_at(store, sp, &entry.long_jmp, ())?,
                 Err(e) => return Err(e),
             }
         }
@@ -424,15 +428,14 @@ impl PgInstance {
         func: TypedFunc<P, R>,
         params: P,
     ) -> Result<R, CallError> {
+        let sp = self.stack_pointer();
+        call_at(&mut self.store, sp, &func, params)
+    }
+
+    /// The C stack pointer now.
+    fn stack_pointer(&mut self) -> Val {
         let sp_global = self.store.data().exports().stack_pointer;
-        let saved = sp_global.get(&mut self.store);
-        match func.call(&mut self.store, params) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                let _ = sp_global.set(&mut self.store, saved);
-                Err(classify(e))
-            }
-        }
+        sp_global.get(&mut self.store)
     }
 
     /// Registers the protocol read/write callbacks and the subprocess hooks (§3.1 step 7).
@@ -601,6 +604,21 @@ fn address(store: &mut Store<HostState>, instance: wasmtime::Instance, name: &st
         .get_global(&mut *store, name)
         .and_then(|g| g.get(&mut *store).i32())
         .ok_or_else(|| CallError::Trap(format!("pglite.wasm does not export {name}")))
+}
+
+/// Calls an export that starts with the C stack pointer at `sp`, putting it back there if the
+/// call unwinds (an `exit` or a trap skips the epilogues that would have restored it).
+fn call_at<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    sp: Val,
+    func: &TypedFunc<P, R>,
+    params: P,
+) -> Result<R, CallError> {
+    func.call(&mut *store, params).map_err(|e| {
+        let sp_global = store.data().exports().stack_pointer;
+        let _ = sp_global.set(&mut *store, sp);
+        classify(e)
+    })
 }
 
 fn classify(e: wasmtime::Error) -> CallError {
