@@ -238,14 +238,7 @@ async fn a_client_that_vanishes_mid_copy_leaves_nothing_behind() {
     {
         let (copier, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
         let task = tokio::spawn(connection);
-        let sink = copier
-            .copy_in::<_, bytes::Bytes>("COPY t FROM STDIN")
-            .await
-            .unwrap();
-        futures_util::pin_mut!(sink);
-        use futures_util::SinkExt;
-        sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
-        sink.flush().await.unwrap();
+        let _sink = copy_two_rows_into_t(&copier).await;
         task.abort();
     }
     let count: i64 = client
@@ -265,14 +258,7 @@ async fn a_client_silent_in_the_middle_of_a_copy_is_timed_out_and_others_proceed
     let other = connect(&server).await;
     other.batch_execute("CREATE TABLE t(a int)").await.unwrap();
     let copier = connect(&server).await;
-    let sink = copier
-        .copy_in::<_, bytes::Bytes>("COPY t FROM STDIN")
-        .await
-        .unwrap();
-    futures_util::pin_mut!(sink);
-    use futures_util::SinkExt;
-    sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
-    sink.flush().await.unwrap();
+    let mut sink = copy_two_rows_into_t(&copier).await;
     // The copier now says nothing more, neither CopyDone nor CopyFail; the other client gets its
     // turn once the COPY has waited out the timeout.
     let count: i64 = other
@@ -281,7 +267,19 @@ async fn a_client_silent_in_the_middle_of_a_copy_is_timed_out_and_others_proceed
         .unwrap()
         .get(0);
     assert_eq!(count, 0, "the silent COPY was rolled back");
+    use futures_util::SinkExt;
     assert!(sink.close().await.is_err(), "the COPY failed");
+}
+
+/// Starts `COPY t FROM STDIN` and sends two rows of data, but not CopyDone: the COPY stays open.
+async fn copy_two_rows_into_t(
+    client: &tokio_postgres::Client,
+) -> std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>> {
+    use futures_util::SinkExt;
+    let mut sink = Box::pin(client.copy_in("COPY t FROM STDIN").await.unwrap());
+    sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.unwrap();
+    sink.flush().await.unwrap();
+    sink
 }
 
 #[tokio::test]
