@@ -12,6 +12,9 @@
 //! * Writes are atomic (temporary file, `fsync`, `rename`) and serialised by a lock file, so racing
 //!   first runs compile once. Each artifact carries its sha256 in a sidecar file; an artifact that
 //!   does not match it, or that wasmtime rejects, is rebuilt, never trusted.
+//! * Artifacts of other keys (an older wasm, wasmtime or engine setting) that no process loaded
+//!   for 30 days are removed when a new artifact is written; loading one marks it used (its
+//!   modification time, refreshed at most daily).
 
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
@@ -164,6 +167,7 @@ impl ModuleCache {
             tracing::warn!("could not store the compiled module: {e}");
         }
         drop(lock);
+        prune_unused(&self.dir, name, UNUSED_ARTIFACT_LIFETIME);
         Ok((module, ModuleSource::Compiled))
     }
 
@@ -187,12 +191,61 @@ impl ModuleCache {
         // contents match the checksum recorded when it was written; it is replaced only by atomic
         // renames, so the open file (and the mapping made from it) never changes underneath us.
         match unsafe { Module::deserialize_open_file(engine, file) } {
-            Ok(module) => Some(module),
+            Ok(module) => {
+                mark_used(artifact);
+                Some(module)
+            }
             Err(e) => {
                 tracing::warn!(artifact = %artifact.display(), "compiled module rejected ({e}); rebuilding");
                 None
             }
         }
+    }
+}
+
+/// Artifacts no process loaded for this long are removed when a new one is written: each is
+/// ~25 MB, and every new wasm, wasmtime or engine setting makes a new one.
+const UNUSED_ARTIFACT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Records that `artifact` was loaded (its modification time), at most once a day.
+fn mark_used(artifact: &Path) {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let stale = fs::metadata(artifact)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok())
+        .is_some_and(|age| age > DAY);
+    if stale {
+        let _ = File::open(artifact).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    }
+}
+
+/// Removes the artifacts of module `name` (with their checksum and lock files) not loaded for
+/// `lifetime`. A process that still maps one keeps its mapping.
+fn prune_unused(dir: &Path, name: &str, lifetime: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{name}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if !file_name.starts_with(&prefix) || !file_name.ends_with(".cwasm") {
+            continue;
+        }
+        let unused_for = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok());
+        if unused_for.is_none_or(|age| age < lifetime) {
+            continue;
+        }
+        for file in [sidecar(&path), path.with_extension("lock"), path.clone()] {
+            let _ = fs::remove_file(file);
+        }
+        tracing::debug!(artifact = %path.display(), "removed a compiled module unused for 30 days");
     }
 }
 
@@ -345,6 +398,57 @@ mod tests {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let err = ModuleCache::at(dir.path()).unwrap_err();
         assert!(err.to_string().contains("group or others may write"), "{err}");
+    }
+
+    #[test]
+    fn artifacts_of_other_keys_unused_for_a_month_are_removed_when_one_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::at(dir.path()).unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(31 * 24 * 3600);
+        let old = dir.path().join("tiny-oldkey.cwasm");
+        let recent = dir.path().join("tiny-recentkey.cwasm");
+        let other_module = dir.path().join("other-oldkey.cwasm");
+        for path in [&old, &recent, &other_module] {
+            fs::write(path, b"an artifact of another key").unwrap();
+            fs::write(sidecar(path), "checksum").unwrap();
+        }
+        fs::write(old.with_extension("lock"), b"").unwrap();
+        for path in [&old, &other_module] {
+            File::open(path).unwrap().set_modified(long_ago).unwrap();
+        }
+
+        assert_eq!(load(&cache, &Engine::default()), ModuleSource::Compiled);
+        assert!(!old.exists() && !sidecar(&old).exists() && !old.with_extension("lock").exists());
+        assert!(recent.exists() && sidecar(&recent).exists(), "used lately: kept");
+        assert!(
+            other_module.exists(),
+            "another module's artifacts are not this one's to prune"
+        );
+        let tiny: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("tiny-") && n.ends_with(".cwasm"))
+            .collect();
+        assert_eq!(tiny.len(), 2, "the recent artifact and the new one: {tiny:?}");
+    }
+
+    #[test]
+    fn loading_an_artifact_marks_it_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::at(dir.path()).unwrap();
+        let engine = Engine::default();
+        load(&cache, &engine);
+        let path = artifact(&cache);
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 24 * 3600);
+        File::open(&path).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(load(&cache, &engine), ModuleSource::Disk);
+        let age = fs::metadata(&path)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .unwrap();
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 
     #[test]
