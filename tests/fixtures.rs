@@ -124,6 +124,23 @@ async fn a_dropped_database_frees_its_port() {
 }
 
 #[pglite_test(temp_dir)]
+async fn a_restart_dropped_half_way_leaves_the_database_stopped_with_its_files(mut db: PgliteDb) {
+    let dir = db.data_dir().expect("file-backed").to_owned();
+    // Dropped at its first await: the restart finishes on its own thread, unwanted.
+    let restart = db.restart();
+    drop(tokio::time::timeout(std::time::Duration::ZERO, restart).await);
+    assert!(
+        dir.join("PG_VERSION").exists(),
+        "the data directory stays while `db` lives"
+    );
+    // A later restart serves the same files again.
+    db.restart().await.unwrap();
+    let client = db.client().await.unwrap();
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[pglite_test(temp_dir)]
 async fn a_temp_dir_database_survives_restart(mut db: PgliteDb) {
     let dir = db.data_dir().expect("file-backed").to_owned();
     assert!(dir.join("PG_VERSION").exists(), "PGDATA is in {}", dir.display());
