@@ -460,6 +460,17 @@ async fn listen_on_one_connection_and_notify_from_another() {
             .get::<_, i32>(0),
         1
     );
+    // Another client's DISCARD ALL (UNLISTEN * among other things) ends its own LISTENs only.
+    bystander.batch_execute("DISCARD ALL").await.unwrap();
+    notifier
+        .batch_execute("NOTIFY jobs, 'after discard'")
+        .await
+        .unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, ("jobs".to_owned(), "after discard".to_owned()));
     listener.batch_execute("UNLISTEN jobs").await.unwrap();
     notifier.batch_execute("NOTIFY jobs, 'third'").await.unwrap();
     listener.batch_execute("SELECT 1").await.unwrap();
@@ -542,4 +553,15 @@ async fn clients_get_the_instances_user_and_database() {
     let url = format!("postgresql://postgres:pw@{}/app", server.local_addr());
     let err = tokio_postgres::connect(&url, NoTls).await.err().expect("refused");
     assert_eq!(err.code().map(|c| c.code()), Some("28000"), "{err}");
+
+    // What gives a real session back to its login role gives this one back to `app`.
+    for reset in [
+        "DISCARD ALL",
+        "RESET SESSION AUTHORIZATION",
+        "SET SESSION AUTHORIZATION DEFAULT",
+    ] {
+        client.batch_execute(reset).await.unwrap();
+        let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+        assert_eq!(user, "app", "after {reset}");
+    }
 }

@@ -75,6 +75,9 @@ struct Connection {
     notifications: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
     /// LISTEN/UNLISTEN commands in the batch being run.
     pending_listen: Vec<session::ListenCommand>,
+    /// Whether the batch being run may put the session's authorization back to the bootstrap
+    /// role (DISCARD ALL, RESET SESSION AUTHORIZATION): it is set to the instance's user again.
+    pending_reauthorize: bool,
 
     shared: Rc<Shared>,
     id: u32,
@@ -123,6 +126,7 @@ pub(crate) async fn serve(
         writer,
         notifications: Some(notifications),
         pending_listen: Vec::new(),
+        pending_reauthorize: false,
         shared,
         id,
         prefix: format!("_c{id}_"),
@@ -293,6 +297,7 @@ impl Connection {
             self.shared.metrics.message(tag);
             if let Some(sql) = statement_text(tag, &body) {
                 self.pending_listen.extend(session::listen_commands(&sql));
+                self.pending_reauthorize |= session::resets_authorization(&sql);
             }
             match messages::rename(tag, &body, &self.prefix, &mut batch) {
                 Some(RenameEffect::Prepared(name)) => {
@@ -374,6 +379,18 @@ impl Connection {
                     }
                 }
             }
+        }
+        // The session runs as the instance's user, as a login would make it, unless the client
+        // changed that within a transaction that has failed since (its ROLLBACK undoes it).
+        if self.pending_reauthorize && matches!(messages::ready_status(&kept), Some(b'I' | b'T')) {
+            self.pending_reauthorize = false;
+            let user = &self.shared.config.user;
+            if user != "postgres" {
+                let sql = format!("SET SESSION AUTHORIZATION {}", session::quote_identifier(user));
+                let _ = self.run_sql(&sql).await;
+            }
+        } else if matches!(messages::ready_status(&kept), Some(b'E')) {
+            self.pending_reauthorize = false;
         }
         // Others still listen on a channel this connection left: the shared session must too.
         if !relisten.is_empty() {
@@ -666,7 +683,8 @@ async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
         .await;
 }
 
-/// The SQL text of a Query or Parse message that may hold a LISTEN or UNLISTEN.
+/// The SQL text of a Query or Parse message that may hold a LISTEN, UNLISTEN, DISCARD or change
+/// of session authorization.
 fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = match tag {
         b'Q' => body,
@@ -675,8 +693,9 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     };
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
     let text = &text[..end];
-    // Only LISTEN and UNLISTEN matter here: skip the copy and the parse for every other statement.
-    if !text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen")) {
+    // Only those matter here: skip the copy and the parse for every other statement.
+    let mentions = |word: &[u8]| text.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
+    if !(mentions(b"listen") || mentions(b"discard") || mentions(b"authorization")) {
         return None;
     }
     Some(String::from_utf8_lossy(text).into_owned())

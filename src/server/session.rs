@@ -23,6 +23,11 @@ pub(crate) fn listen_commands(sql: &str) -> Vec<ListenCommand> {
                 .unwrap_or(statement.len()),
         );
         let keyword = keyword.to_ascii_lowercase();
+        // DISCARD ALL includes UNLISTEN *.
+        if keyword == "discard" && first_word(rest).eq_ignore_ascii_case("all") {
+            commands.push(ListenCommand::UnlistenAll);
+            continue;
+        }
         if keyword != "listen" && keyword != "unlisten" {
             continue;
         }
@@ -39,6 +44,43 @@ pub(crate) fn listen_commands(sql: &str) -> Vec<ListenCommand> {
         });
     }
     commands
+}
+
+/// Whether `sql` puts the session's authorization back to the session user: `DISCARD ALL`,
+/// `RESET SESSION AUTHORIZATION` or `SET SESSION AUTHORIZATION DEFAULT`. The shared session's
+/// user is the bootstrap role, not the instance's, so the server sets it again afterwards.
+pub(crate) fn resets_authorization(sql: &str) -> bool {
+    split_statements(sql).into_iter().any(|statement| {
+        let words: Vec<String> = statement
+            .split_whitespace()
+            .take(5)
+            .map(|w| w.trim_end_matches(';').to_ascii_lowercase())
+            .collect();
+        let mut words: Vec<&str> = words.iter().map(String::as_str).collect();
+        // SET SESSION|LOCAL SESSION AUTHORIZATION ... is SET SESSION AUTHORIZATION ...
+        if words.len() > 2
+            && words[0] == "set"
+            && matches!(words[1], "session" | "local")
+            && words[2] == "session"
+        {
+            words.remove(1);
+        }
+        matches!(
+            words.as_slice(),
+            ["discard", "all", ..]
+                | ["reset", "session", "authorization", ..]
+                | ["set", "session", "authorization", "default", ..]
+        )
+    })
+}
+
+/// The first word of `text`.
+fn first_word(text: &str) -> &str {
+    let text = text.trim_start();
+    let end = text
+        .find(|c: char| c.is_whitespace() || c == ';')
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// Splits SQL on semicolons outside quotes.
@@ -167,6 +209,29 @@ pub(crate) fn changes_settings(reply: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_that_give_the_session_back_to_its_session_user_are_recognised() {
+        for sql in [
+            "DISCARD ALL",
+            "discard all;",
+            "SELECT 1; RESET SESSION AUTHORIZATION",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "set local session authorization default",
+        ] {
+            assert!(resets_authorization(sql), "{sql}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "RESET ALL",
+            "SET SESSION AUTHORIZATION bob",
+            "SET SESSION SESSION AUTHORIZATION bob",
+            "SELECT 'discard all'",
+        ] {
+            assert!(!resets_authorization(sql), "{sql}");
+        }
+        assert_eq!(listen_commands("DISCARD ALL"), vec![ListenCommand::UnlistenAll]);
+    }
 
     #[test]
     fn listen_commands_are_found_in_sql() {
