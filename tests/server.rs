@@ -282,6 +282,35 @@ async fn copy_two_rows_into_t(
     sink
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_and_deallocate_all_act_on_the_clients_own_statements_only() {
+    let server = start();
+    let keeper = connect(&server).await;
+    let kept = keeper.prepare("SELECT $1::int4 + 1").await.unwrap();
+    for command in ["DISCARD ALL", "deallocate all;"] {
+        let discarder = connect(&server).await;
+        let own = discarder.prepare("SELECT 2").await.unwrap();
+        discarder.batch_execute("SET work_mem = '7MB'").await.unwrap();
+        discarder.batch_execute(command).await.unwrap();
+        // Its own statement is gone, as on a real server ...
+        let err = discarder.query(&own, &[]).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("26000"), "{command}: {err}");
+        // ... another client's is not.
+        let n: i32 = keeper.query_one(&kept, &[&41i32]).await.unwrap().get(0);
+        assert_eq!(n, 42, "after another client's {command}");
+        if command == "DISCARD ALL" {
+            let work_mem: String = discarder.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+            assert_eq!(work_mem, "4MB", "DISCARD ALL resets its settings");
+        }
+    }
+    // Inside a transaction block DISCARD ALL fails as it does in Postgres.
+    let client = connect(&server).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client.batch_execute("DISCARD ALL").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25001"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+}
+
 #[tokio::test]
 async fn unknown_database_and_role_get_postgres_errors() {
     let server = start();

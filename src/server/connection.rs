@@ -75,6 +75,9 @@ struct Connection {
     notifications: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
     /// LISTEN/UNLISTEN commands in the batch being run.
     pending_listen: Vec<session::ListenCommand>,
+    /// The command the client sent in place of the batch being run (see
+    /// [`Connection::discard`]), whose answer it gets.
+    answer_as: Option<session::DiscardCommand>,
     /// Whether the batch being run may put the session's authorization back to the bootstrap
     /// role (DISCARD ALL, RESET SESSION AUTHORIZATION): it is set to the instance's user again.
     pending_reauthorize: bool,
@@ -127,6 +130,7 @@ pub(crate) async fn serve(
         notifications: Some(notifications),
         pending_listen: Vec::new(),
         pending_reauthorize: false,
+        answer_as: None,
         shared,
         id,
         prefix: format!("_c{id}_"),
@@ -295,11 +299,26 @@ impl Connection {
                 return Ok(());
             }
             self.shared.metrics.message(tag);
-            if let Some(sql) = statement_text(tag, &body) {
-                self.pending_listen.extend(session::listen_commands(&sql));
-                self.pending_reauthorize |= session::resets_authorization(&sql);
+            let sql = statement_text(tag, &body);
+            // DISCARD ALL and DEALLOCATE ALL, on their own outside a transaction, are run on this
+            // connection's share of the session only.
+            let discard = match &sql {
+                Some(sql) if tag == b'Q' && batch.is_empty() && self.owner.is_none() => {
+                    session::discard_command(sql)
+                }
+                _ => None,
+            };
+            if let Some(command) = discard {
+                self.discard(command, &mut batch);
+            } else if let Some(sql) = &sql {
+                self.pending_listen.extend(session::listen_commands(sql));
+                self.pending_reauthorize |= session::resets_authorization(sql);
             }
-            match messages::rename(tag, &body, &self.prefix, &mut batch) {
+            let renamed = match discard {
+                Some(_) => Some(RenameEffect::None),
+                None => messages::rename(tag, &body, &self.prefix, &mut batch),
+            };
+            match renamed {
                 Some(RenameEffect::Prepared(name)) => {
                     self.prepared.insert(name);
                 }
@@ -339,13 +358,41 @@ impl Connection {
                 }
             };
             batch.clear();
-            let reply = self.after_exec(reply).await;
+            let mut reply = self.after_exec(reply).await;
+            if let Some(command) = self.answer_as.take() {
+                reply = messages::answer_as(&reply, command.tag());
+            }
             let unrenamed = messages::unrename_reply(&reply, &self.prefix);
             self.writer.lock().await.write_all(&unrenamed).await?;
             if messages::ready_status(&reply) == Some(b'I') {
                 self.release();
             }
         }
+    }
+
+    /// Puts into `batch`, in place of a client's `DISCARD ALL` or `DEALLOCATE ALL`, what that
+    /// does to this connection's share of the shared session: its prepared statements closed,
+    /// and for DISCARD ALL the rest of it (its LISTENs ended, settings reset, role restored; the
+    /// session-wide parts — plans, temporary tables, sequences, advisory locks — as the real
+    /// command does). The client is answered as if by the command itself.
+    fn discard(&mut self, command: session::DiscardCommand, batch: &mut BytesMut) {
+        for name in std::mem::take(&mut self.prepared) {
+            let mut body = vec![b'S'];
+            body.extend_from_slice(self.prefix.as_bytes());
+            body.extend_from_slice(&name);
+            body.push(0);
+            put_message(batch, b'C', &body);
+        }
+        match command {
+            session::DiscardCommand::DeallocateAll => postgres_protocol::message::frontend::sync(batch),
+            session::DiscardCommand::DiscardAll => {
+                let _ =
+                    postgres_protocol::message::frontend::query(session::DISCARD_ALL_BUT_DEALLOCATE, batch);
+                self.pending_listen.push(session::ListenCommand::UnlistenAll);
+                self.pending_reauthorize = true;
+            }
+        }
+        self.answer_as = Some(command);
     }
 
     /// Routes notifications out of `reply`, records LISTEN/UNLISTEN and SET effects, and
@@ -683,8 +730,8 @@ async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
         .await;
 }
 
-/// The SQL text of a Query or Parse message that may hold a LISTEN, UNLISTEN, DISCARD or change
-/// of session authorization.
+/// The SQL text of a Query or Parse message that may hold a LISTEN, UNLISTEN, DISCARD,
+/// DEALLOCATE or change of session authorization.
 fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = match tag {
         b'Q' => body,
@@ -695,7 +742,8 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = &text[..end];
     // Only those matter here: skip the copy and the parse for every other statement.
     let mentions = |word: &[u8]| text.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
-    if !(mentions(b"listen") || mentions(b"discard") || mentions(b"authorization")) {
+    if !(mentions(b"listen") || mentions(b"discard") || mentions(b"authorization") || mentions(b"deallocate"))
+    {
         return None;
     }
     Some(String::from_utf8_lossy(text).into_owned())

@@ -105,6 +105,35 @@ pub(crate) fn unrename_reply(reply: &[u8], prefix: &str) -> Vec<u8> {
     out.to_vec()
 }
 
+/// `reply` as the answer to one command with CommandComplete `tag`: its errors, notices and
+/// ParameterStatus messages, then `tag` unless there was an error, then its last ReadyForQuery.
+pub(crate) fn answer_as(reply: &[u8], tag: &str) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(64);
+    let mut ready = None;
+    let mut failed = false;
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(reply.len());
+        match reply[at] {
+            b'E' | b'N' | b'S' => {
+                failed |= reply[at] == b'E';
+                out.put_slice(&reply[at..end]);
+            }
+            b'Z' => ready = Some(&reply[at..end]),
+            _ => {}
+        }
+        at = end;
+    }
+    if !failed {
+        put_message(&mut out, b'C', &[tag.as_bytes(), b"\0"].concat());
+    }
+    if let Some(ready) = ready {
+        out.put_slice(ready);
+    }
+    out.to_vec()
+}
+
 /// The transaction status of the last ReadyForQuery in `reply`, if it has one.
 pub(crate) fn ready_status(reply: &[u8]) -> Option<u8> {
     let mut at = 0;

@@ -74,6 +74,44 @@ pub(crate) fn resets_authorization(sql: &str) -> bool {
     })
 }
 
+/// A command that acts on the whole session, run per connection instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DiscardCommand {
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `DEALLOCATE ALL` (or `DEALLOCATE PREPARE ALL`).
+    DeallocateAll,
+}
+
+impl DiscardCommand {
+    /// Its CommandComplete tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            DiscardCommand::DiscardAll => "DISCARD ALL",
+            DiscardCommand::DeallocateAll => "DEALLOCATE ALL",
+        }
+    }
+}
+
+/// What `DISCARD ALL` does besides `DEALLOCATE ALL`, as PostgreSQL's documentation spells it out.
+pub(crate) const DISCARD_ALL_BUT_DEALLOCATE: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES";
+
+/// The command `sql` is, if it is just `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`.
+pub(crate) fn discard_command(sql: &str) -> Option<DiscardCommand> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["discard", "all"] => Some(DiscardCommand::DiscardAll),
+        ["deallocate", "all"] | ["deallocate", "prepare", "all"] => Some(DiscardCommand::DeallocateAll),
+        _ => None,
+    }
+}
+
 /// The first word of `text`.
 fn first_word(text: &str) -> &str {
     let text = text.trim_start();
@@ -231,6 +269,16 @@ mod tests {
             assert!(!resets_authorization(sql), "{sql}");
         }
         assert_eq!(listen_commands("DISCARD ALL"), vec![ListenCommand::UnlistenAll]);
+        assert_eq!(
+            discard_command(" discard  ALL ;"),
+            Some(DiscardCommand::DiscardAll)
+        );
+        assert_eq!(
+            discard_command("DEALLOCATE PREPARE ALL"),
+            Some(DiscardCommand::DeallocateAll)
+        );
+        assert_eq!(discard_command("DISCARD ALL; SELECT 1"), None);
+        assert_eq!(discard_command("DEALLOCATE s1"), None);
     }
 
     #[test]
