@@ -311,6 +311,103 @@ async fn discard_all_and_deallocate_all_act_on_the_clients_own_statements_only()
     client.batch_execute("ROLLBACK").await.unwrap();
 }
 
+/// A client speaking the protocol itself: what it sends, and the messages it reads back up to
+/// ReadyForQuery, as (type, body) pairs.
+struct RawClient(tokio::net::TcpStream);
+
+impl RawClient {
+    async fn connect(server: &Server) -> RawClient {
+        let mut client = RawClient(tokio::net::TcpStream::connect(server.local_addr()).await.unwrap());
+        let mut startup = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message([("user", "postgres")], &mut startup).unwrap();
+        client.0.write_all(&startup).await.unwrap();
+        client.until_ready().await;
+        client
+    }
+
+    /// Sends what `build` writes, then Sync unless it is a simple Query.
+    async fn send(&mut self, build: impl FnOnce(&mut bytes::BytesMut)) -> Vec<(u8, Vec<u8>)> {
+        let mut out = bytes::BytesMut::new();
+        build(&mut out);
+        if out.first() != Some(&b'Q') {
+            postgres_protocol::message::frontend::sync(&mut out);
+        }
+        self.0.write_all(&out).await.unwrap();
+        self.until_ready().await
+    }
+
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut messages = Vec::new();
+        loop {
+            let tag = self.0.read_u8().await.unwrap();
+            let len = self.0.read_u32().await.unwrap() as usize;
+            let mut body = vec![0u8; len - 4];
+            self.0.read_exact(&mut body).await.unwrap();
+            messages.push((tag, body));
+            if tag == b'Z' {
+                return messages;
+            }
+        }
+    }
+}
+
+/// The text of the first column of the first DataRow, or the SQLSTATE of an ErrorResponse.
+fn first_value(reply: &[(u8, Vec<u8>)]) -> String {
+    for (tag, body) in reply {
+        if *tag == b'D' {
+            let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+            return String::from_utf8_lossy(&body[6..6 + len]).into_owned();
+        }
+        if *tag == b'E' {
+            let code = body
+                .split(|&b| b == 0)
+                .find(|f| f.first() == Some(&b'C'))
+                .unwrap();
+            return format!("error {}", String::from_utf8_lossy(&code[1..]));
+        }
+    }
+    panic!("no row and no error in {reply:?}")
+}
+
+#[tokio::test]
+async fn each_client_has_its_own_unnamed_statement() {
+    use postgres_protocol::message::frontend;
+    let server = start();
+    let bind_and_run = |m: &mut bytes::BytesMut| {
+        frontend::bind(
+            "",
+            "",
+            [],
+            std::iter::empty::<&[u8]>(),
+            |_: &[u8], _| Ok(postgres_protocol::IsNull::No),
+            [],
+            m,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, m).unwrap();
+    };
+    let mut a = RawClient::connect(&server).await;
+    let mut b = RawClient::connect(&server).await;
+    let mut c = RawClient::connect(&server).await;
+    a.send(|m| frontend::parse("", "SELECT 'a'", [], m).unwrap())
+        .await;
+    b.send(|m| frontend::parse("", "SELECT 'b'", [], m).unwrap())
+        .await;
+    // Each binds the statement it parsed, whoever parsed last.
+    assert_eq!(first_value(&a.send(bind_and_run).await), "a");
+    assert_eq!(first_value(&b.send(bind_and_run).await), "b");
+    // Also after a simple query (which drops the session's unnamed statement) by someone else.
+    c.send(|m| frontend::query("SELECT 1", m).unwrap()).await;
+    assert_eq!(first_value(&a.send(bind_and_run).await), "a");
+    // One that never parsed one has none, as on a server of its own.
+    assert_eq!(first_value(&c.send(bind_and_run).await), "error 26000");
+    // Its own simple query drops a client's unnamed statement, as in Postgres.
+    b.send(|m| frontend::query("SELECT 2", m).unwrap()).await;
+    assert_eq!(first_value(&b.send(bind_and_run).await), "error 26000");
+    assert_eq!(first_value(&a.send(bind_and_run).await), "a");
+}
+
 #[tokio::test]
 async fn unknown_database_and_role_get_postgres_errors() {
     let server = start();

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub turn: Arc<Mutex<()>>,
     /// Connections' cancel keys and the running connection, shared with the accept thread.
     pub cancels: Arc<CancelRegistry>,
+    /// The connection whose unnamed prepared statement the session holds, if any.
+    pub unnamed_owner: std::cell::Cell<Option<u32>>,
     /// The SCRAM verifier of the configured password, if any.
     pub verifier: Option<super::scram::ScramVerifier>,
     /// Connections listening on each channel.
@@ -75,6 +77,12 @@ struct Connection {
     notifications: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
     /// LISTEN/UNLISTEN commands in the batch being run.
     pending_listen: Vec<session::ListenCommand>,
+    /// This client's last Parse of the unnamed statement (a simple Query drops it), to put back
+    /// when another client's has replaced it in the shared session.
+    unnamed_parse: Option<Vec<u8>>,
+    /// Whether the batch being gathered binds or describes the unnamed statement before it
+    /// parses one.
+    needs_own_unnamed: bool,
     /// The command the client sent in place of the batch being run (see
     /// [`Connection::discard`]), whose answer it gets.
     answer_as: Option<session::DiscardCommand>,
@@ -131,6 +139,8 @@ pub(crate) async fn serve(
         pending_listen: Vec::new(),
         pending_reauthorize: false,
         answer_as: None,
+        unnamed_parse: None,
+        needs_own_unnamed: false,
         shared,
         id,
         prefix: format!("_c{id}_"),
@@ -313,6 +323,18 @@ impl Connection {
             } else if let Some(sql) = &sql {
                 self.pending_listen.extend(session::listen_commands(sql));
                 self.pending_reauthorize |= session::resets_authorization(sql);
+            }
+            match messages::unnamed_statement(tag, &body) {
+                messages::UnnamedStatement::Parsed => {
+                    let mut parse = BytesMut::new();
+                    put_message(&mut parse, tag, &body);
+                    self.unnamed_parse = Some(parse.to_vec());
+                }
+                messages::UnnamedStatement::Used if !batch_parses_unnamed(&batch) => {
+                    self.needs_own_unnamed = true;
+                }
+                messages::UnnamedStatement::Dropped => self.unnamed_parse = None,
+                _ => {}
             }
             let renamed = match discard {
                 Some(_) => Some(RenameEffect::None),
@@ -501,7 +523,7 @@ impl Connection {
     async fn run_sql(&mut self, sql: &str) -> Result<Vec<u8>, BackendError> {
         let mut msg = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut msg);
-        let reply = self.shared.exec(&msg, None)?;
+        let reply = self.shared.exec(None, &msg, None)?;
         let (kept, notes) = session::take_notifications(reply);
         self.shared.deliver(notes);
         Ok(kept)
@@ -520,6 +542,9 @@ impl Connection {
             self.shared.metrics.waited(queued.elapsed());
             self.apply_settings().await?;
         }
+        if std::mem::take(&mut self.needs_own_unnamed) {
+            self.restore_unnamed()?;
+        }
         let more_input = copy_input(
             self.io.clone(),
             self.prefix.clone(),
@@ -528,7 +553,7 @@ impl Connection {
         );
         self.shared.cancels.set_executing(Some(self.id));
         let started = std::time::Instant::now();
-        let result = self.shared.exec(bytes, Some(more_input));
+        let result = self.shared.exec(Some(self.id), bytes, Some(more_input));
         self.shared.metrics.busy(started.elapsed());
         self.shared.cancels.set_executing(None);
         result
@@ -536,6 +561,24 @@ impl Connection {
 
     async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
         self.io.lock().await.read_message().await
+    }
+
+    /// Makes the session's unnamed statement this client's again, before a batch that binds or
+    /// describes it, when another client's Parse, or a simple Query, replaced or dropped it
+    /// meanwhile: this client's last Parse of it runs again, or, if it has none, the unnamed
+    /// statement is closed (so the batch fails as it would on a server of its own).
+    fn restore_unnamed(&mut self) -> Result<(), BackendError> {
+        if self.shared.unnamed_owner.get() == Some(self.id) {
+            return Ok(());
+        }
+        let mut restore = BytesMut::new();
+        match &self.unnamed_parse {
+            Some(parse) => restore.extend_from_slice(parse),
+            None => put_message(&mut restore, b'C', b"S\0"),
+        }
+        postgres_protocol::message::frontend::sync(&mut restore);
+        self.shared.exec(Some(self.id), &restore, None)?;
+        Ok(())
     }
 
     /// Sends a FATAL error to the client (through the write half: a read may be pending).
@@ -612,7 +655,7 @@ impl Connection {
             postgres_protocol::message::frontend::sync(&mut cleanup);
         }
         if !cleanup.is_empty()
-            && let Err(e) = self.shared.exec(&cleanup, None)
+            && let Err(e) = self.shared.exec(None, &cleanup, None)
         {
             tracing::debug!(connection = self.id, "cleanup after disconnect failed: {e}");
         }
@@ -721,6 +764,20 @@ fn is_utf8(encoding: &str) -> bool {
     )
 }
 
+/// Whether the gathered `batch` parses the unnamed statement.
+fn batch_parses_unnamed(batch: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 5 <= batch.len() {
+        let len = u32::from_be_bytes(batch[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len).min(batch.len());
+        if messages::unnamed_statement(batch[at], &batch[at + 5..end]) == messages::UnnamedStatement::Parsed {
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
 /// Writes a FATAL ErrorResponse; a client already gone is not an error here.
 async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
     let _ = writer
@@ -772,6 +829,21 @@ impl Shared {
         self.session_settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records whose unnamed statement the session holds once `bytes` have run for `caller`.
+    fn note_unnamed(&self, caller: Option<u32>, bytes: &[u8]) {
+        let mut at = 0;
+        while at + 5 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+            let end = (at + 1 + len).min(bytes.len());
+            match messages::unnamed_statement(bytes[at], &bytes[at + 5..end]) {
+                messages::UnnamedStatement::Parsed => self.unnamed_owner.set(caller),
+                messages::UnnamedStatement::Dropped => self.unnamed_owner.set(None),
+                _ => {}
+            }
+            at = end;
+        }
+    }
+
     /// Sends notifications to the connections listening on their channels.
     fn deliver(&self, notes: Vec<(String, Vec<u8>)>) {
         if notes.is_empty() {
@@ -788,12 +860,15 @@ impl Shared {
         }
     }
 
-    /// Runs `bytes` on the engine, on this thread. The caller owns the backend (its turn).
+    /// Runs `bytes` on the engine, on this thread, for connection `caller` (`None`: the server
+    /// itself). The caller owns the backend (its turn).
     pub(crate) fn exec(
         &self,
+        caller: Option<u32>,
         bytes: &[u8],
         more_input: Option<crate::runtime::MoreInput>,
     ) -> Result<Vec<u8>, BackendError> {
+        self.note_unnamed(caller, bytes);
         let mut slot = self.engine.borrow_mut();
         let Some(engine) = slot.as_mut() else {
             return Err(BackendError::Dead {

@@ -20,8 +20,9 @@ pub(crate) fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 ///
 /// Statement and portal names live in the one shared session; each connection's names get the
 /// connection's prefix so that two clients may both prepare `s1`. The unnamed statement and
-/// portal stay unnamed (they are replaced by every Parse/Bind, which a connection always follows
-/// with Sync before another connection can run).
+/// portal stay unnamed: the unnamed portal lasts only to the end of its transaction, which one
+/// connection owns whole, and the server puts a client's unnamed statement back when another's
+/// replaced it (see [`unnamed_statement`]).
 pub(crate) fn rename(tag: u8, body: &[u8], prefix: &str, out: &mut BytesMut) -> Option<RenameEffect> {
     let named = |name: &[u8]| -> Vec<u8> {
         if name.is_empty() {
@@ -71,6 +72,35 @@ pub(crate) fn rename(tag: u8, body: &[u8], prefix: &str, out: &mut BytesMut) -> 
     };
     put_message(out, tag, &new_body);
     Some(effect.unwrap_or(RenameEffect::None))
+}
+
+/// What a frontend message does with the session's unnamed prepared statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnnamedStatement {
+    /// Nothing.
+    Untouched,
+    /// Parse of the unnamed statement: it now holds this client's.
+    Parsed,
+    /// Bind or Describe of the unnamed statement: it must hold this client's.
+    Used,
+    /// A simple Query, which drops it, or a Close of it.
+    Dropped,
+}
+
+/// What the frontend message `tag`/`body` does with the unnamed statement.
+pub(crate) fn unnamed_statement(tag: u8, body: &[u8]) -> UnnamedStatement {
+    let first_empty = |at: usize| body.get(at) == Some(&0);
+    match tag {
+        b'P' if first_empty(0) => UnnamedStatement::Parsed,
+        b'B' => match cstr(body, 0) {
+            Some((_, at)) if first_empty(at) => UnnamedStatement::Used,
+            _ => UnnamedStatement::Untouched,
+        },
+        b'D' if body.first() == Some(&b'S') && first_empty(1) => UnnamedStatement::Used,
+        b'C' if body.first() == Some(&b'S') && first_empty(1) => UnnamedStatement::Dropped,
+        b'Q' => UnnamedStatement::Dropped,
+        _ => UnnamedStatement::Untouched,
+    }
 }
 
 /// What a renamed message does to the connection's set of prepared statements.
@@ -200,6 +230,73 @@ mod tests {
         let mut out = BytesMut::new();
         assert_eq!(rename(b'P', &msg[5..], "c7_", &mut out), Some(RenameEffect::None));
         assert_eq!(&out[..], &msg[..], "the unnamed statement stays unnamed");
+    }
+
+    #[test]
+    fn uses_of_the_unnamed_statement_are_recognised() {
+        let message = |build: &dyn Fn(&mut BytesMut)| {
+            let mut msg = BytesMut::new();
+            build(&mut msg);
+            msg
+        };
+        let cases = [
+            (
+                message(&|m| frontend::parse("", "SELECT 1", [], m).unwrap()),
+                UnnamedStatement::Parsed,
+            ),
+            (
+                message(&|m| frontend::parse("s1", "SELECT 1", [], m).unwrap()),
+                UnnamedStatement::Untouched,
+            ),
+            (
+                message(&|m| frontend::describe(b'S', "", m).unwrap()),
+                UnnamedStatement::Used,
+            ),
+            (
+                message(&|m| frontend::describe(b'P', "", m).unwrap()),
+                UnnamedStatement::Untouched,
+            ),
+            (
+                message(&|m| frontend::query("SELECT 1", m).unwrap()),
+                UnnamedStatement::Dropped,
+            ),
+            (
+                message(&|m| frontend::close(b'S', "", m).unwrap()),
+                UnnamedStatement::Dropped,
+            ),
+            (
+                message(&|m| frontend::close(b'S', "s1", m).unwrap()),
+                UnnamedStatement::Untouched,
+            ),
+        ];
+        for (msg, expected) in cases {
+            assert_eq!(
+                unnamed_statement(msg[0], &msg[5..]),
+                expected,
+                "{:?}",
+                msg[0] as char
+            );
+        }
+        let bind = |statement: &str| {
+            message(&|m| {
+                frontend::bind(
+                    "p",
+                    statement,
+                    [],
+                    std::iter::empty::<&[u8]>(),
+                    |_: &[u8], _| Ok(postgres_protocol::IsNull::No),
+                    [],
+                    m,
+                )
+                .map_err(|_| ())
+                .unwrap()
+            })
+        };
+        assert_eq!(unnamed_statement(b'B', &bind("")[5..]), UnnamedStatement::Used);
+        assert_eq!(
+            unnamed_statement(b'B', &bind("s1")[5..]),
+            UnnamedStatement::Untouched
+        );
     }
 
     #[test]

@@ -230,7 +230,7 @@ pub(crate) async fn ping(shared: Rc<Shared>, timeout: Duration) -> Result<Durati
     let mut query = bytes::BytesMut::new();
     let _ = postgres_protocol::message::frontend::query("SELECT 1", &mut query);
     let reply = shared
-        .exec(&query, None)
+        .exec(None, &query, None)
         .inspect_err(|e| shared.metrics.observe(e))?;
     if started.elapsed() > timeout {
         return Err(ServerError::Timeout(timeout));

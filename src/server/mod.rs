@@ -325,6 +325,7 @@ impl Serving {
             engine: RefCell::new(Some(engine)),
             turn: Arc::new(tokio::sync::Mutex::new(())),
             cancels: self.cancels.clone(),
+            unnamed_owner: std::cell::Cell::new(None),
             verifier: self
                 .config
                 .password
