@@ -766,16 +766,8 @@ fn is_utf8(encoding: &str) -> bool {
 
 /// Whether the gathered `batch` parses the unnamed statement.
 fn batch_parses_unnamed(batch: &[u8]) -> bool {
-    let mut at = 0;
-    while at + 5 <= batch.len() {
-        let len = u32::from_be_bytes(batch[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-        let end = (at + 1 + len).min(batch.len());
-        if messages::unnamed_statement(batch[at], &batch[at + 5..end]) == messages::UnnamedStatement::Parsed {
-            return true;
-        }
-        at = end;
-    }
-    false
+    messages::frames(batch)
+        .any(|(kind, body, _)| messages::unnamed_statement(kind, body) == messages::UnnamedStatement::Parsed)
 }
 
 /// Writes a FATAL ErrorResponse; a client already gone is not an error here.
@@ -831,16 +823,12 @@ impl Shared {
 
     /// Records whose unnamed statement the session holds once `bytes` have run for `caller`.
     fn note_unnamed(&self, caller: Option<u32>, bytes: &[u8]) {
-        let mut at = 0;
-        while at + 5 <= bytes.len() {
-            let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-            let end = (at + 1 + len).min(bytes.len());
-            match messages::unnamed_statement(bytes[at], &bytes[at + 5..end]) {
+        for (kind, body, _) in messages::frames(bytes) {
+            match messages::unnamed_statement(kind, body) {
                 messages::UnnamedStatement::Parsed => self.unnamed_owner.set(caller),
                 messages::UnnamedStatement::Dropped => self.unnamed_owner.set(None),
                 _ => {}
             }
-            at = end;
         }
     }
 

@@ -9,6 +9,22 @@ fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
     Some((&body[at..at + len], at + len + 1))
 }
 
+/// The messages in `bytes`, each as its type, body and whole bytes; a message cut short at the
+/// end is given as far as it goes.
+pub(crate) fn frames(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8], &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + 5 > bytes.len() {
+            return None;
+        }
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 1 + len.max(4)).min(bytes.len());
+        let frame = (bytes[at], &bytes[at + 5..end], &bytes[at..end]);
+        at = end;
+        Some(frame)
+    })
+}
+
 /// Appends a message of type `tag` with `body`.
 pub(crate) fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
@@ -141,19 +157,15 @@ pub(crate) fn answer_as(reply: &[u8], tag: &str) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(64);
     let mut ready = None;
     let mut failed = false;
-    let mut at = 0;
-    while at + 5 <= reply.len() {
-        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-        let end = (at + 1 + len).min(reply.len());
-        match reply[at] {
+    for (kind, _, whole) in frames(reply) {
+        match kind {
             b'E' | b'N' | b'S' => {
-                failed |= reply[at] == b'E';
-                out.put_slice(&reply[at..end]);
+                failed |= kind == b'E';
+                out.put_slice(whole);
             }
-            b'Z' => ready = Some(&reply[at..end]),
+            b'Z' => ready = Some(whole),
             _ => {}
         }
-        at = end;
     }
     if !failed {
         put_message(&mut out, b'C', &[tag.as_bytes(), b"\0"].concat());
@@ -166,16 +178,10 @@ pub(crate) fn answer_as(reply: &[u8], tag: &str) -> Vec<u8> {
 
 /// The transaction status of the last ReadyForQuery in `reply`, if it has one.
 pub(crate) fn ready_status(reply: &[u8]) -> Option<u8> {
-    let mut at = 0;
-    let mut status = None;
-    while at + 5 <= reply.len() {
-        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-        if reply[at] == b'Z' && len == 5 {
-            status = reply.get(at + 5).copied();
-        }
-        at += 1 + len;
-    }
-    status
+    frames(reply)
+        .filter(|(kind, body, _)| *kind == b'Z' && body.len() == 1)
+        .last()
+        .map(|(_, body, _)| body[0])
 }
 
 /// An ErrorResponse with severity, SQLSTATE and message.
@@ -194,17 +200,10 @@ pub(crate) fn error_response(severity: &str, code: &str, message: &str) -> Bytes
 
 /// Keeps the ParameterStatus messages of a startup reply (what the server tells every client).
 pub(crate) fn parameter_statuses(startup_reply: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 5 <= startup_reply.len() {
-        let len = u32::from_be_bytes(startup_reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-        let end = (at + 1 + len).min(startup_reply.len());
-        if startup_reply[at] == b'S' {
-            out.extend_from_slice(&startup_reply[at..end]);
-        }
-        at = end;
-    }
-    out
+    frames(startup_reply)
+        .filter(|(kind, _, _)| *kind == b'S')
+        .flat_map(|(_, _, whole)| whole.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]

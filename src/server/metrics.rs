@@ -80,13 +80,9 @@ impl Counters {
 
     /// Counts the ErrorResponses in a backend reply.
     pub fn reply(&self, reply: &[u8]) {
-        let mut errors = 0;
-        let mut at = 0;
-        while at + 5 <= reply.len() {
-            errors += u64::from(reply[at] == b'E');
-            let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-            at += 1 + len.max(4);
-        }
+        let errors = super::messages::frames(reply)
+            .filter(|(kind, _, _)| *kind == b'E')
+            .count() as u64;
         if errors > 0 {
             self.errors.fetch_add(errors, Ordering::Relaxed);
         }

@@ -181,6 +181,7 @@ pub(crate) fn is_server_default(name: &str, value: &str) -> bool {
     }
 }
 
+use super::messages::frames;
 pub(crate) use crate::backend::{quote_identifier, quote_literal};
 
 /// Splits a backend reply into the part for the client and its NotificationResponse messages,
@@ -217,31 +218,15 @@ pub(crate) fn take_notifications(reply: Vec<u8>) -> (Vec<u8>, Vec<(String, Vec<u
 
 /// Whether `reply` contains a message of type `tag`.
 fn has_message(reply: &[u8], tag: u8) -> bool {
-    let mut at = 0;
-    while at + 5 <= reply.len() {
-        if reply[at] == tag {
-            return true;
-        }
-        at += 1 + u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-    }
-    false
+    frames(reply).any(|(kind, _, _)| kind == tag)
 }
 
 /// Whether a reply reports a statement that changes session settings.
 pub(crate) fn changes_settings(reply: &[u8]) -> bool {
-    let mut at = 0;
-    while at + 5 <= reply.len() {
-        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-        let end = (at + 1 + len).min(reply.len());
-        if reply[at] == b'C' {
-            let tag = &reply[at + 5..end];
-            if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") || tag.starts_with(b"DISCARD") {
-                return true;
-            }
-        }
-        at = end;
-    }
-    false
+    frames(reply).any(|(kind, tag, _)| {
+        kind == b'C'
+            && (tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") || tag.starts_with(b"DISCARD"))
+    })
 }
 
 #[cfg(test)]
