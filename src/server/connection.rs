@@ -92,7 +92,8 @@ struct Connection {
 
     shared: Rc<Shared>,
     id: u32,
-    prefix: String,
+    /// Prepended to this client's statement and portal names in the shared session.
+    prefix: Arc<str>,
     /// This connection's turn on the backend, while it owns it.
     owner: Option<OwnedMutexGuard<()>>,
     /// Prepared statements this connection created (client names).
@@ -143,7 +144,7 @@ pub(crate) async fn serve(
         needs_own_unnamed: false,
         shared,
         id,
-        prefix: format!("_c{id}_"),
+        prefix: format!("_c{id}_").into(),
         owner: None,
         prepared: HashSet::new(),
     };
@@ -735,7 +736,7 @@ impl ClientIo {
 /// `timeout`.
 fn copy_input(
     io: Arc<Mutex<ClientIo>>,
-    prefix: String,
+    prefix: Arc<str>,
     timeout: std::time::Duration,
     metrics: Arc<super::metrics::Counters>,
 ) -> crate::runtime::MoreInput {

@@ -128,11 +128,14 @@ pub(crate) enum RenameEffect {
 }
 
 /// Removes the connection's prefix from names quoted in error and notice texts.
-pub(crate) fn unrename_reply(reply: &[u8], prefix: &str) -> Vec<u8> {
-    let needle = format!("\"{prefix}");
-    if !reply.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-        return reply.to_vec();
+/// Most replies name nothing: they come back as they are, uncopied.
+pub(crate) fn unrename_reply<'r>(reply: &'r [u8], prefix: &str) -> std::borrow::Cow<'r, [u8]> {
+    let prefix_bytes = prefix.as_bytes();
+    let quoted = |w: &[u8]| w[0] == b'"' && &w[1..] == prefix_bytes;
+    if !reply.windows(prefix_bytes.len() + 1).any(quoted) {
+        return std::borrow::Cow::Borrowed(reply);
     }
+    let needle = format!("\"{prefix}");
     let mut out = BytesMut::with_capacity(reply.len());
     let mut at = 0;
     while at + 5 <= reply.len() {
@@ -148,7 +151,7 @@ pub(crate) fn unrename_reply(reply: &[u8], prefix: &str) -> Vec<u8> {
         }
         at = end;
     }
-    out.to_vec()
+    std::borrow::Cow::Owned(out.to_vec())
 }
 
 /// `reply` as the answer to one command with CommandComplete `tag`: its errors, notices and
