@@ -44,11 +44,7 @@ impl Engine {
         more_input: Option<MoreInput>,
     ) -> Result<Vec<u8>, BackendError> {
         self.check_alive()?;
-        let frames = protocol::frames(messages)?;
-        let end = frames
-            .iter()
-            .find(|f| f.tag == b'X')
-            .map_or(messages.len(), |f| f.start);
+        let end = protocol::runnable_len(messages)?;
         if end == 0 {
             return Ok(Vec::new());
         }

@@ -87,37 +87,66 @@ pub(crate) struct Frame {
 }
 
 /// Splits `buf` into complete frontend messages, or says what is wrong with it.
-pub(crate) fn frames(buf: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let tag = buf[at];
-        if !FRONTEND_TYPES.contains(&tag) {
-            return Err(ProtocolError::UnknownMessageType { tag, offset: at });
+#[cfg(test)]
+fn frames(buf: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
+    checked_frames(buf).collect()
+}
+
+/// How much of `buf` to run: all of it, up to a Terminate (which is dropped with what follows).
+/// Checks every message on the way, as [`frames`] does, without collecting them.
+pub(crate) fn runnable_len(buf: &[u8]) -> Result<usize, ProtocolError> {
+    for frame in checked_frames(buf) {
+        let frame = frame?;
+        if frame.tag == b'X' {
+            return Ok(frame.start);
         }
-        let Some(len_bytes) = buf.get(at + 1..at + 5) else {
-            return Err(ProtocolError::Incomplete {
-                tag,
-                needed: 5,
-                available: buf.len() - at,
-            });
-        };
-        let length = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes"));
-        if length < MIN_LENGTH {
-            return Err(ProtocolError::InvalidLength { tag, length });
-        }
-        let end = at + 1 + length as usize;
-        if end > buf.len() {
-            return Err(ProtocolError::Incomplete {
-                tag,
-                needed: 1 + length as usize,
-                available: buf.len() - at,
-            });
-        }
-        frames.push(Frame { tag, start: at, end });
-        at = end;
     }
-    Ok(frames)
+    Ok(buf.len())
+}
+
+/// The messages of `buf`, each checked; the walk ends at the first error.
+fn checked_frames(buf: &[u8]) -> impl Iterator<Item = Result<Frame, ProtocolError>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= buf.len() {
+            return None;
+        }
+        let frame = check_frame(buf, at);
+        // After an error the walk stops.
+        at = match &frame {
+            Ok(frame) => frame.end,
+            Err(_) => buf.len(),
+        };
+        Some(frame)
+    })
+}
+
+/// The message starting at `at`.
+fn check_frame(buf: &[u8], at: usize) -> Result<Frame, ProtocolError> {
+    let tag = buf[at];
+    if !FRONTEND_TYPES.contains(&tag) {
+        return Err(ProtocolError::UnknownMessageType { tag, offset: at });
+    }
+    let Some(len_bytes) = buf.get(at + 1..at + 5) else {
+        return Err(ProtocolError::Incomplete {
+            tag,
+            needed: 5,
+            available: buf.len() - at,
+        });
+    };
+    let length = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes"));
+    if length < MIN_LENGTH {
+        return Err(ProtocolError::InvalidLength { tag, length });
+    }
+    let end = at + 1 + length as usize;
+    if end > buf.len() {
+        return Err(ProtocolError::Incomplete {
+            tag,
+            needed: 1 + length as usize,
+            available: buf.len() - at,
+        });
+    }
+    Ok(Frame { tag, start: at, end })
 }
 
 /// A packet of the startup phase: a length, a protocol code, a body.
@@ -187,6 +216,21 @@ mod tests {
         assert_eq!(
             frames(b"S\x00\x00\x00\x02"),
             Err(ProtocolError::InvalidLength { tag: b'S', length: 2 })
+        );
+    }
+
+    #[test]
+    fn a_terminate_ends_what_runs_and_anything_malformed_is_refused() {
+        let query = b"Q\x00\x00\x00\x0dSELECT 1\x00";
+        let with_terminate = [&query[..], b"X\x00\x00\x00\x04", b"\xffgarbage after"].concat();
+        assert_eq!(runnable_len(query), Ok(query.len()));
+        assert_eq!(runnable_len(&with_terminate), Ok(query.len()));
+        assert_eq!(
+            runnable_len(&[&query[..], b"\xff"].concat()),
+            Err(ProtocolError::UnknownMessageType {
+                tag: 0xff,
+                offset: query.len()
+            })
         );
     }
 
