@@ -156,6 +156,32 @@ fn bundled_extensions_can_be_created_and_used() {
 }
 
 #[test]
+fn errors_raised_in_an_extension_unwind_through_its_frames() {
+    let mut db = Backend::builder()
+        .extension("hstore")
+        .extension("pgcrypto")
+        .open()
+        .unwrap();
+    query(&mut db, "CREATE EXTENSION hstore");
+    query(&mut db, "CREATE EXTENSION pgcrypto");
+    // Raised by the extension's own code, between the longjmp and the setjmp that catches it.
+    let error = db.simple_query("SELECT 'a=>'::hstore").unwrap().error.unwrap();
+    assert_eq!(error.code, "42601", "{}", error.message);
+    let error = db
+        .simple_query("SELECT digest('x', 'no-such-hash')")
+        .unwrap()
+        .error
+        .unwrap();
+    assert!(error.message.contains("no-such-hash"), "{}", error.message);
+    let out = query(
+        &mut db,
+        "DO $$ BEGIN PERFORM 'a=>'::hstore; EXCEPTION WHEN syntax_error THEN RAISE NOTICE 'caught %', SQLSTATE; END $$",
+    );
+    assert_eq!(out.notices[0].message, "caught 42601");
+    assert_eq!(scalar(&mut db, "SELECT ('a=>1'::hstore) -> 'a'"), "1");
+}
+
+#[test]
 fn an_extension_not_given_to_the_instance_is_missing() {
     let mut db = Backend::builder().open().unwrap();
     let error = db.simple_query("CREATE EXTENSION hstore").unwrap().error.unwrap();

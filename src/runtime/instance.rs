@@ -11,7 +11,7 @@ use super::imports::with_memory;
 use super::interrupt::{FlagAddresses, InterruptFlags};
 use super::memory::{self, MemoryImage};
 use super::rewrite::START_EXPORT;
-use super::sjlj::ProcessExit;
+use super::sjlj::{self, ProcessExit};
 use super::state::{Exports, HostState, MoreInput};
 use super::{Runtime, guest};
 use crate::vfs::Vfs;
@@ -232,8 +232,10 @@ impl PgInstance {
         image: &Arc<MemoryImage>,
     ) -> Result<Self, CallError> {
         let mut store = Store::new(runtime.engine(), state);
-        let instance =
-            memory::with_image(image, || runtime.instance_pre().instantiate(&mut store)).map_err(trap)?;
+        let instance = memory::with_image(image, runtime.memory_type(), || {
+            runtime.instance_pre().instantiate(&mut store)
+        })
+        .map_err(trap)?;
         let missing = |what: &str| CallError::Trap(format!("pglite.wasm does not export {what}"));
         macro_rules! func {
             ($name:expr) => {
@@ -617,13 +619,16 @@ fn call_at<P: WasmParams, R: WasmResults>(
     func.call(&mut *store, params).map_err(|e| {
         let sp_global = store.data().exports().stack_pointer;
         let _ = sp_global.set(&mut *store, sp);
-        classify(e)
+        classify(store, e)
     })
 }
 
-fn classify(e: wasmtime::Error) -> CallError {
+fn classify(store: &mut Store<HostState>, e: wasmtime::Error) -> CallError {
     if let Some(exit) = e.downcast_ref::<ProcessExit>() {
         return CallError::Exit(exit.0);
+    }
+    if sjlj::is_longjmp(store, &e) {
+        return trap(wasmtime::Error::new(sjlj::Longjmp));
     }
     trap(e)
 }

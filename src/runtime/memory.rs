@@ -142,19 +142,20 @@ fn anonymous_file(name: &str) -> io::Result<File> {
 }
 
 thread_local! {
-    /// The image the next memory created on this thread starts from.
-    static NEXT_IMAGE: RefCell<Option<Arc<MemoryImage>>> = const { RefCell::new(None) };
+    /// The image the next memory of this type created on this thread starts from.
+    static NEXT_IMAGE: RefCell<Option<(MemoryType, Arc<MemoryImage>)>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` (an instantiation) with `image` as the contents of the first memory it creates.
-pub(crate) fn with_image<R>(image: &Arc<MemoryImage>, f: impl FnOnce() -> R) -> R {
+/// Runs `f` (an instantiation) with `image` as the contents of the first memory of type `ty` it
+/// creates.
+pub(crate) fn with_image<R>(image: &Arc<MemoryImage>, ty: &MemoryType, f: impl FnOnce() -> R) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             NEXT_IMAGE.with(|next| next.borrow_mut().take());
         }
     }
-    NEXT_IMAGE.with(|next| *next.borrow_mut() = Some(image.clone()));
+    NEXT_IMAGE.with(|next| *next.borrow_mut() = Some((ty.clone(), image.clone())));
     let _reset = Reset;
     f()
 }
@@ -169,13 +170,21 @@ pub(crate) struct ImageMemoryCreator;
 unsafe impl MemoryCreator for ImageMemoryCreator {
     fn new_memory(
         &self,
-        _ty: MemoryType,
+        ty: MemoryType,
         minimum: usize,
         maximum: Option<usize>,
         reserved_size_in_bytes: Option<usize>,
         guard_size_in_bytes: usize,
     ) -> Result<Box<dyn LinearMemory>, String> {
-        let image = NEXT_IMAGE.with(|next| next.borrow_mut().take());
+        // The image is the module's linear memory's: not, say, the GC heap's (which holds the
+        // exceptions that carry longjmps), created at the same instantiation.
+        let image = NEXT_IMAGE.with(|next| {
+            let mut next = next.borrow_mut();
+            match &*next {
+                Some((expected, _)) if *expected == ty => next.take().map(|(_, image)| image),
+                _ => None,
+            }
+        });
         let capacity = reserved_size_in_bytes
             .or(maximum)
             .unwrap_or(4 << 30)

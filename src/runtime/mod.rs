@@ -62,6 +62,8 @@ pub enum RuntimeError {
 pub struct Runtime {
     engine: Engine,
     instance_pre: InstancePre<HostState>,
+    /// The type of the module's linear memory (the memory its images are for).
+    memory_type: wasmtime::MemoryType,
     linker: Linker<HostState>,
     /// Export name -> slot the main module's element segment gives that function.
     main_table_slots: HashMap<String, u32>,
@@ -149,6 +151,10 @@ impl Runtime {
         let instance_pre = linker
             .instantiate_pre(&module)
             .map_err(|e| RuntimeError::Module(format!("{e:#}")))?;
+        let memory_type = match module.get_export("memory") {
+            Some(wasmtime::ExternType::Memory(ty)) => ty,
+            _ => return Err(RuntimeError::Module("pglite.wasm exports no memory".into())),
+        };
         let main_table_slots =
             table_slots(assets::PGLITE_WASM).map_err(|e| RuntimeError::Module(e.to_string()))?;
         let segments = rewrite::initial_memory_image(assets::PGLITE_WASM)?;
@@ -166,6 +172,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             instance_pre,
+            memory_type,
             linker,
             main_table_slots,
             side_modules: Mutex::new(HashMap::new()),
@@ -214,6 +221,11 @@ impl Runtime {
 
     pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
         &self.instance_pre
+    }
+
+    /// The type of the module's linear memory.
+    pub(crate) fn memory_type(&self) -> &wasmtime::MemoryType {
+        &self.memory_type
     }
 
     /// The mutable globals a snapshot records: (global index, export name), found once here

@@ -1,9 +1,12 @@
 //! Emscripten's setjmp/longjmp and `exit`, as host errors that unwind wasm frames (§5 of the ABI
 //! notes).
 //!
-//! * `_emscripten_throw_longjmp` raises [`Longjmp`]; the nearest `invoke_*` trampoline catches it,
-//!   restores the C stack pointer, calls `setThrew(1, 0)` and returns a zero, after which the
-//!   compiled code takes its setjmp branch.
+//! * a longjmp is a wasm exception, thrown and caught in the module itself (`rewrite::longjmp`
+//!   adds the code). A side module's `invoke_*` of a signature the main module has none of is
+//!   served here: it catches that exception (and the host's [`Longjmp`], which
+//!   `_emscripten_throw_longjmp` raises if ever called from the host's side), restores the C stack
+//!   pointer, calls `setThrew(1, 0)` and returns a zero, after which the compiled code takes its
+//!   setjmp branch, as the module's own invokes do.
 //! * `exit`/`proc_exit` raise [`ProcessExit`], which no trampoline catches: it unwinds to the
 //!   outermost host call, where the backend reads the status (99 = started, 100 = top-level ERROR,
 //!   anything else = the process ended).
@@ -144,7 +147,7 @@ impl Invoke {
                 }
                 Ok(())
             }
-            Err(e) if e.is::<Longjmp>() => {
+            Err(e) if is_longjmp(&mut caller, &e) => {
                 stack_pointer.set(&mut caller, saved_sp)?;
                 let set_threw = caller.data().exports().set_threw.clone();
                 set_threw.call(&mut caller, (1, 0))?;
@@ -157,6 +160,22 @@ impl Invoke {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `error`, out of a call into wasm, is a longjmp: the host's [`Longjmp`], or the wasm
+/// exception the module throws for one (see `rewrite::longjmp`; the module throws no other), which
+/// this takes out of the store.
+pub(crate) fn is_longjmp(mut store: impl wasmtime::AsContextMut, error: &wasmtime::Error) -> bool {
+    if error.is::<Longjmp>() {
+        return true;
+    }
+    if error.is::<wasmtime::ThrownException>() {
+        let mut scope = wasmtime::RootScope::new(&mut store);
+        return wasmtime::AsContextMut::as_context_mut(&mut scope)
+            .take_pending_exception()
+            .is_some();
+    }
+    false
 }
 
 /// The number of the invoke signature `name` in [`InvokeChecks`], the same for every module of

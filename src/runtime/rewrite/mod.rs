@@ -9,7 +9,8 @@
 //!   data segments laid out ([`initial_memory_image`]) or the snapshot of a booted instance, which
 //!   instantiation must not overwrite;
 //! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
-//!   restore them (3 of the 4 are otherwise hidden).
+//!   restore them (3 of the 4 are otherwise hidden);
+//! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]).
 //!
 //! Function, table, global and data indices are unchanged.
 
@@ -18,8 +19,10 @@ use wasm_encoder::{
 };
 use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
+mod longjmp;
+
 /// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 2;
+pub(crate) const REWRITE_VERSION: u32 = 3;
 
 /// The export under which the module's former start function is reachable.
 pub(crate) const START_EXPORT: &str = "__harness_start";
@@ -215,7 +218,7 @@ pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> 
     if memory.is_none() {
         return Err(RewriteError::Unexpected("no env.memory import".into()));
     }
-    Ok(out.finish())
+    longjmp::catch_longjmp_in_wasm(&out.finish())
 }
 
 #[cfg(test)]
