@@ -1,0 +1,125 @@
+//! Instructions per statement through `Backend::exec`, counted by valgrind's callgrind: a figure
+//! that, unlike a time, the load of a shared machine does not move. For comparing two versions of
+//! the engine (the rewrite, the host imports, wasmtime settings) where timings drown in noise.
+//!
+//! ```text
+//! cargo bench --bench instructions             # needs valgrind (Debian: valgrind)
+//! cargo bench --bench instructions -- --n=4000 # more statements per count
+//! ```
+//!
+//! Each workload runs twice in a child process under callgrind, with no statements and with `n`,
+//! counting only inside the engine's `exec`; the difference divided by `n` is the figure.
+//! Without valgrind it says so and exits successfully.
+
+use std::process::Command;
+
+use bytes::BytesMut;
+use pglite_harness::Backend;
+use postgres_protocol::IsNull;
+use postgres_protocol::message::frontend;
+
+/// Set in the child: `<workload>:<count>`.
+const CHILD_ENV: &str = "PGLITE_HARNESS_INSTRUCTIONS_CHILD";
+
+const WORKLOADS: [(&str, &str); 3] = [
+    ("select1", "prepared SELECT 1 (Bind/Execute/Sync)"),
+    ("query", "simple-query SELECT 1 (Query)"),
+    ("insert", "prepared single-row INSERT (Bind/Execute/Sync)"),
+];
+
+fn main() {
+    if let Ok(job) = std::env::var(CHILD_ENV) {
+        let (workload, count) = job.split_once(':').expect("workload:count");
+        run(workload, count.parse().expect("a count"));
+        return;
+    }
+    let n: u64 = std::env::args()
+        .find_map(|a| a.strip_prefix("--n=").map(|v| v.parse().expect("--n=<count>")))
+        .unwrap_or(2000);
+    println!("pglite-harness instructions per statement (callgrind, {n} statements less none)\n");
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("valgrind is not installed: nothing counted (Debian: apt-get install valgrind)");
+        return;
+    }
+    let me = std::env::current_exe().expect("own path");
+    for (key, what) in WORKLOADS {
+        let count = |statements: u64| -> u64 {
+            let out = Command::new("valgrind")
+                // Only what the backend thread runs for a batch: not the boot, nor the background
+                // threads (template prewarming, checksums) whose share would vary from run to run.
+                .args([
+                    "--tool=callgrind",
+                    "--callgrind-out-file=/dev/null",
+                    "--toggle-collect=*backend::engine::Engine::exec*",
+                ])
+                .arg(&me)
+                .env(CHILD_ENV, format!("{key}:{statements}"))
+                .output()
+                .expect("valgrind runs");
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{key} under callgrind failed:\n{log}");
+            log.lines()
+                .find_map(|l| l.split_once("Collected :").map(|(_, v)| v.trim().parse().ok()))
+                .flatten()
+                .unwrap_or_else(|| panic!("no instruction count in callgrind's output:\n{log}"))
+        };
+        let per_statement = (count(n).saturating_sub(count(0))) as f64 / n as f64;
+        println!("{what:<58} {:>9.0} instructions", per_statement);
+    }
+}
+
+/// The child: boots a backend, prepares, then runs `count` statements of `workload`.
+fn run(workload: &str, count: u64) {
+    let mut backend = Backend::builder().open().unwrap();
+    backend
+        .exec(&message(|m| {
+            frontend::query("CREATE TABLE bench(id int PRIMARY KEY, body text)", m).unwrap()
+        }))
+        .unwrap();
+    backend
+        .exec(&message(|m| {
+            frontend::parse("ins", "INSERT INTO bench VALUES ($1, $2)", [], m).unwrap();
+            frontend::parse("one", "SELECT 1", [], m).unwrap();
+            frontend::sync(m);
+        }))
+        .unwrap();
+    let select1 = execution("one", &[]);
+    let query = message(|m| frontend::query("SELECT 1", m).unwrap());
+    for i in 0..count as i32 {
+        let batch = match workload {
+            "select1" => select1.clone(),
+            "query" => query.clone(),
+            "insert" => execution("ins", &[&i.to_be_bytes(), format!("row {i}").as_bytes()]),
+            other => panic!("unknown workload {other}"),
+        };
+        backend.exec(&batch).unwrap();
+    }
+}
+
+/// Bind (binary parameters), Execute, Sync of the prepared statement `name`: what sqlx sends.
+fn execution(name: &str, params: &[&[u8]]) -> BytesMut {
+    message(|m| {
+        frontend::bind(
+            "",
+            name,
+            params.iter().map(|_| 1),
+            params.iter().copied(),
+            |p, buf| {
+                buf.extend_from_slice(p);
+                Ok(IsNull::No)
+            },
+            [1],
+            m,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, m).unwrap();
+        frontend::sync(m);
+    })
+}
+
+fn message(build: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut buf = BytesMut::new();
+    build(&mut buf);
+    buf
+}
