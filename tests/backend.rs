@@ -88,6 +88,36 @@ fn an_error_is_reported_and_the_next_query_succeeds() {
 }
 
 #[test]
+fn one_batch_carries_on_after_an_error_in_it() {
+    let mut db = Backend::builder().open().unwrap();
+    // Two queries, then an extended-protocol statement that fails, one the backend skips until
+    // Sync, and one after it: all in one exec.
+    let mut batch = BytesMut::new();
+    frontend::query("SELECT 1/0", &mut batch).unwrap();
+    frontend::query("SELECT 42", &mut batch).unwrap();
+    frontend::parse("", "SELECT 1/0", [], &mut batch).unwrap();
+    frontend::bind(
+        "",
+        "",
+        [],
+        [] as [&[u8]; 0],
+        |_: &[u8], _| Ok(IsNull::No),
+        [0],
+        &mut batch,
+    )
+    .unwrap_or_else(|_| panic!("bind"));
+    frontend::execute("", 0, &mut batch).unwrap();
+    frontend::parse("", "SELECT 'skipped'", [], &mut batch).unwrap();
+    frontend::sync(&mut batch);
+    frontend::query("SELECT 'after'", &mut batch).unwrap();
+    let reply = db.exec(&batch).unwrap();
+    // The division is folded when the statement is planned, at Bind.
+    assert_eq!(message_types(&reply), "EZTDCZ1EZTDCZ");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("42") && text.contains("after") && !text.contains("skipped"));
+}
+
+#[test]
 fn a_run_time_error_unwinds_through_longjmp() {
     let mut db = Backend::builder().open().unwrap();
     // The error happens while the executor runs (not at plan time): a real longjmp.

@@ -4,13 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::{Caller, Func, Global, Ref, Store, TypedFunc, Val, WasmParams, WasmResults};
+use wasmtime::{AsContextMut, Caller, Func, Global, Ref, Store, TypedFunc, Val, WasmParams, WasmResults};
 
 use super::dylink::{self, DylinkSnapshot};
 use super::imports::with_memory;
 use super::interrupt::{FlagAddresses, InterruptFlags};
 use super::memory::{self, MemoryImage};
-use super::rewrite::START_EXPORT;
+use super::rewrite::{self, START_EXPORT};
 use super::sjlj::{self, ProcessExit};
 use super::state::{Exports, HostState, MoreInput};
 use super::{Runtime, guest};
@@ -49,11 +49,10 @@ struct Entry {
     set_active: TypedFunc<i32, i32>,
     main: TypedFunc<(i32, i32), i32>,
     start: TypedFunc<(), ()>,
-    loop_once: TypedFunc<(), ()>,
+    /// The batch loop the rewrite adds: every message, then ReadyForQuery and a flush.
+    run_batch: TypedFunc<(), ()>,
     long_jmp: TypedFunc<(), ()>,
-    send_ready_for_query: TypedFunc<(), ()>,
     flush: TypedFunc<(), ()>,
-    remaining: TypedFunc<(), i32>,
     stack_alloc: TypedFunc<i32, i32>,
     run_atexit: TypedFunc<(), ()>,
     is_transaction_block: TypedFunc<(), i32>,
@@ -255,6 +254,9 @@ impl PgInstance {
             stack_pointer: instance
                 .get_global(&mut store, "__stack_pointer")
                 .ok_or_else(|| missing("__stack_pointer"))?,
+            input_pending: instance
+                .get_global(&mut store, rewrite::INPUT_PENDING_EXPORT)
+                .ok_or_else(|| missing(rewrite::INPUT_PENDING_EXPORT))?,
             set_threw: func!("setThrew"),
             malloc: func!("malloc"),
             calloc: func!("calloc"),
@@ -272,11 +274,9 @@ impl PgInstance {
             set_active: func!("pgl_setPGliteActive"),
             main: func!("__main_argc_argv"),
             start: func!("pgl_startPGlite"),
-            loop_once: func!("PostgresMainLoopOnce"),
+            run_batch: func!(rewrite::RUN_BATCH_EXPORT),
             long_jmp: func!("PostgresMainLongJmp"),
-            send_ready_for_query: func!("PostgresSendReadyForQueryIfNecessary"),
             flush: func!("pgl_pq_flush"),
-            remaining: func!("pq_buffer_remaining_data"),
             stack_alloc: func!("_emscripten_stack_alloc"),
             run_atexit: func!("pgl_run_atexit_funcs"),
             is_transaction_block: func!("IsTransactionBlock"),
@@ -339,25 +339,19 @@ impl PgInstance {
         self.store.data_mut().io.begin(input, more_input);
         // Every top-level call starts from the same C stack pointer: read it once.
         let sp = self.stack_pointer();
-        let result = self.run_messages(sp);
+        let result = self.run_batch(sp);
         self.store.data_mut().io.more_input = None;
-        let (store, entry) = (&mut self.store, &self.entry);
-        let result = result.and_then(|()| {
-            call_at(store, sp, &entry.send_ready_for_query, ())?;
-            call_at(store, sp, &entry.flush, ())
-        });
         (std::mem::take(&mut self.store.data_mut().io.output), result)
     }
 
-    fn run_messages(&mut self, sp: Val) -> Result<(), CallError> {
+    /// Runs the batch in wasm (`rewrite::batch`); after a top-level ERROR, recovers and runs the
+    /// rest of it, as the backend skips to the next Sync.
+    fn run_batch(&mut self, sp: Val) -> Result<(), CallError> {
         let (store, entry) = (&mut self.store, &self.entry);
         loop {
-            let io = &store.data().io;
-            if io.input_pos >= io.input.len() && call_at(store, sp, &entry.remaining, ())? <= 0 {
-                return Ok(());
-            }
-            match call_at(store, sp, &entry.loop_once, ()) {
-                Ok(()) => {}
+            set_input_pending(&mut *store).map_err(trap)?;
+            match call_at(store, sp, &entry.run_batch, ()) {
+                Ok(()) => return Ok(()),
                 Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => call_at(store, sp, &entry.long_jmp, ())?,
                 Err(e) => return Err(e),
             }
@@ -460,7 +454,7 @@ impl PgInstance {
         let read = Func::wrap(
             &mut self.store,
             |mut c: Caller<'_, HostState>, ptr: i32, max: i32| -> i32 {
-                with_memory(&mut c, |mem, st| {
+                let read = with_memory(&mut c, |mem, st| {
                     let io = &mut st.io;
                     if io.input_pos >= io.input.len()
                         && let Some(source) = io.more_input.as_mut()
@@ -498,7 +492,10 @@ impl PgInstance {
                         }
                         Err(_) => 0,
                     }
-                })
+                });
+                // The batch loop reads this to know whether to go on.
+                let _ = set_input_pending(&mut c);
+                read
             },
         );
         let write = Func::wrap(
@@ -621,6 +618,14 @@ fn call_at<P: WasmParams, R: WasmResults>(
         let _ = sp_global.set(&mut *store, sp);
         classify(store, e)
     })
+}
+
+/// Tells the batch loop whether the host still holds input the backend has not read.
+fn set_input_pending(mut store: impl AsContextMut<Data = HostState>) -> wasmtime::Result<()> {
+    let mut store = store.as_context_mut();
+    let (io, exports) = (&store.data().io, store.data().exports());
+    let (pending, global) = (io.input_pos < io.input.len(), exports.input_pending);
+    global.set(&mut store, Val::I32(i32::from(pending)))
 }
 
 fn classify(store: &mut Store<HostState>, e: wasmtime::Error) -> CallError {

@@ -118,6 +118,8 @@ pub(crate) struct Exports {
     pub memory: Memory,
     pub table: Table,
     pub stack_pointer: Global,
+    /// Whether the host still holds input the backend has not read (see `rewrite::batch`).
+    pub input_pending: Global,
     pub set_threw: TypedFunc<(i32, i32), ()>,
     pub malloc: TypedFunc<i32, i32>,
     pub calloc: TypedFunc<(i32, i32), i32>,

@@ -27,7 +27,7 @@ use wasm_encoder::{
 };
 use wasmparser::{CompositeInnerType, ExternalKind, FuncType, Parser, Payload, TypeRef};
 
-use super::RewriteError;
+use super::{RewriteError, reencode_error};
 
 /// The import that raises a longjmp.
 const THROW_LONGJMP: &str = "_emscripten_throw_longjmp";
@@ -328,10 +328,6 @@ fn val_type(ty: &wasmparser::ValType) -> Result<ValType, RewriteError> {
             "an invoke with a {other} value"
         ))),
     }
-}
-
-fn reencode_error<E: std::fmt::Debug>(e: wasm_encoder::reencode::Error<E>) -> RewriteError {
-    RewriteError::Unexpected(format!("cannot re-encode: {e:?}"))
 }
 
 #[cfg(test)]

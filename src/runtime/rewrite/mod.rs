@@ -10,19 +10,23 @@
 //!   instantiation must not overwrite;
 //! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
 //!   restore them (3 of the 4 are otherwise hidden);
-//! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]).
+//! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]);
+//! * a batch of frontend messages runs in one call into wasm ([`batch`]).
 //!
-//! Function, table, global and data indices are unchanged.
+//! Function, table, global and data indices are unchanged: what is added comes after them.
 
 use wasm_encoder::{
     DataSection, ExportKind, ExportSection, ImportSection, MemorySection, MemoryType, RawSection,
 };
 use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
+mod batch;
 mod longjmp;
 
+pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
+
 /// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 3;
+pub(crate) const REWRITE_VERSION: u32 = 4;
 
 /// The export under which the module's former start function is reachable.
 pub(crate) const START_EXPORT: &str = "__harness_start";
@@ -218,7 +222,12 @@ pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> 
     if memory.is_none() {
         return Err(RewriteError::Unexpected("no env.memory import".into()));
     }
-    longjmp::catch_longjmp_in_wasm(&out.finish())
+    let out = longjmp::catch_longjmp_in_wasm(&out.finish())?;
+    batch::add_batch_loop(&out)
+}
+
+fn reencode_error<E: std::fmt::Debug>(e: wasm_encoder::reencode::Error<E>) -> RewriteError {
+    RewriteError::Unexpected(format!("cannot re-encode: {e:?}"))
 }
 
 #[cfg(test)]
