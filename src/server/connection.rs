@@ -288,21 +288,36 @@ impl Connection {
         loop {
             let idle_in_transaction = self.owner.is_some() && batch.is_empty();
             let idle = self.shared.config.idle_in_transaction_timeout;
-            let io = self.io.clone();
-            let read = async move { io.lock().await.read_message().await };
-            tokio::pin!(read);
-            // Wait for the client's next message; meanwhile deliver notifications, and end a
-            // transaction left idle too long.
-            let message = loop {
-                tokio::select! {
-                    message = &mut read => break message?,
-                    Some(note) = notifications.recv() => {
-                        self.writer.lock().await.write_all(&note).await?;
+            // The rest of a batch is usually read already: take it without waiting.
+            let buffered = match self.io.try_lock() {
+                Ok(mut io) => io.buffered_message(),
+                Err(_) => Ok(None),
+            };
+            let message = match buffered {
+                Ok(Some(message)) => Some(message),
+                Ok(None) => {
+                    let io = self.io.clone();
+                    let read = async move { io.lock().await.read_message().await };
+                    tokio::pin!(read);
+                    // Wait for the client's next message; meanwhile deliver notifications, and
+                    // end a transaction left idle too long.
+                    loop {
+                        tokio::select! {
+                            message = &mut read => break message?,
+                            Some(note) = notifications.recv() => {
+                                self.writer.lock().await.write_all(&note).await?;
+                            }
+                            // In a block, so that no timer is made unless it is waited for.
+                            _ = async { tokio::time::sleep(idle).await }, if idle_in_transaction => {
+                                self.fatal("25P03", "terminating connection due to idle-in-transaction timeout").await;
+                                return Ok(());
+                            }
+                        }
                     }
-                    _ = tokio::time::sleep(idle), if idle_in_transaction => {
-                        self.fatal("25P03", "terminating connection due to idle-in-transaction timeout").await;
-                        return Ok(());
-                    }
+                }
+                Err(text) => {
+                    self.fatal("08P01", &text).await;
+                    return Ok(());
                 }
             };
             let Some((tag, body)) = message else { return Ok(()) };
@@ -668,25 +683,41 @@ impl ClientIo {
     /// Reads one message; `None` at EOF. A length beyond the limit ends the connection.
     async fn read_message(&mut self) -> std::io::Result<Option<(u8, BytesMut)>> {
         loop {
-            if self.input.len() >= 5 {
-                let tag = self.input[0];
-                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
-                if len < 4 || len > self.max_message_size {
-                    let text = format!("invalid message length {len} for message type {:?}", tag as char);
+            match self.buffered_message() {
+                Ok(Some(message)) => return Ok(Some(message)),
+                Ok(None) => {}
+                Err(text) => {
                     self.fatal("08P01", &text).await;
                     return Ok(None);
                 }
-                if self.input.len() > len {
-                    self.input.advance(5);
-                    let body = self.input.split_to(len - 4);
-                    return Ok(Some((tag, body)));
-                }
-                self.input.reserve(len + 1 - self.input.len());
             }
             if self.reader.read_buf(&mut self.input).await? == 0 {
                 return Ok(None);
             }
         }
+    }
+
+    /// The next message, if the input holds all of it (and room for it reserved if not); `Err`
+    /// with the text of the protocol violation for a length beyond the limit.
+    fn buffered_message(&mut self) -> Result<Option<(u8, BytesMut)>, String> {
+        if self.input.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.input[0];
+        let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
+        if len < 4 || len > self.max_message_size {
+            return Err(format!(
+                "invalid message length {len} for message type {:?}",
+                tag as char
+            ));
+        }
+        if self.input.len() > len {
+            self.input.advance(5);
+            let body = self.input.split_to(len - 4);
+            return Ok(Some((tag, body)));
+        }
+        self.input.reserve(len + 1 - self.input.len());
+        Ok(None)
     }
 
     /// [`read_message`](Self::read_message) for a caller that holds the server's thread (a COPY

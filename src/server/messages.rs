@@ -40,53 +40,59 @@ pub(crate) fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 /// connection owns whole, and the server puts a client's unnamed statement back when another's
 /// replaced it (see [`unnamed_statement`]).
 pub(crate) fn rename(tag: u8, body: &[u8], prefix: &str, out: &mut BytesMut) -> Option<RenameEffect> {
-    let named = |name: &[u8]| -> Vec<u8> {
-        if name.is_empty() {
-            Vec::new()
-        } else {
-            [prefix.as_bytes(), name].concat()
+    // Written straight into `out`, its length filled in at the end: no copy of the message.
+    let start = out.len();
+    out.reserve(5 + body.len() + 2 * prefix.len());
+    out.put_u8(tag);
+    out.put_u32(0);
+    let named = |out: &mut BytesMut, name: &[u8]| {
+        if !name.is_empty() {
+            out.put_slice(prefix.as_bytes());
+            out.put_slice(name);
         }
+        out.put_u8(0);
     };
-    let mut new_body = Vec::with_capacity(body.len() + 2 * prefix.len());
-    let effect = match tag {
-        b'P' => {
-            let (name, rest) = cstr(body, 0)?;
-            new_body.extend_from_slice(&named(name));
-            new_body.push(0);
-            new_body.extend_from_slice(&body[rest..]);
-            (!name.is_empty()).then(|| RenameEffect::Prepared(name.to_vec()))
-        }
-        b'B' => {
-            let (portal, at) = cstr(body, 0)?;
-            let (statement, rest) = cstr(body, at)?;
-            new_body.extend_from_slice(&named(portal));
-            new_body.push(0);
-            new_body.extend_from_slice(&named(statement));
-            new_body.push(0);
-            new_body.extend_from_slice(&body[rest..]);
-            None
-        }
-        b'D' | b'C' => {
-            let kind = *body.first()?;
-            let (name, _) = cstr(body, 1)?;
-            new_body.push(kind);
-            new_body.extend_from_slice(&named(name));
-            new_body.push(0);
-            (tag == b'C' && kind == b'S' && !name.is_empty()).then(|| RenameEffect::Closed(name.to_vec()))
-        }
-        b'E' => {
-            let (portal, rest) = cstr(body, 0)?;
-            new_body.extend_from_slice(&named(portal));
-            new_body.push(0);
-            new_body.extend_from_slice(&body[rest..]);
-            None
-        }
-        _ => {
-            new_body.extend_from_slice(body);
-            None
-        }
+    let parsed = (|| {
+        Some(match tag {
+            b'P' => {
+                let (name, rest) = cstr(body, 0)?;
+                named(out, name);
+                out.put_slice(&body[rest..]);
+                (!name.is_empty()).then(|| RenameEffect::Prepared(name.to_vec()))
+            }
+            b'B' => {
+                let (portal, at) = cstr(body, 0)?;
+                let (statement, rest) = cstr(body, at)?;
+                named(out, portal);
+                named(out, statement);
+                out.put_slice(&body[rest..]);
+                None
+            }
+            b'D' | b'C' => {
+                let kind = *body.first()?;
+                let (name, _) = cstr(body, 1)?;
+                out.put_u8(kind);
+                named(out, name);
+                (tag == b'C' && kind == b'S' && !name.is_empty()).then(|| RenameEffect::Closed(name.to_vec()))
+            }
+            b'E' => {
+                let (portal, rest) = cstr(body, 0)?;
+                named(out, portal);
+                out.put_slice(&body[rest..]);
+                None
+            }
+            _ => {
+                out.put_slice(body);
+                None
+            }
+        })
+    })();
+    let Some(effect) = parsed else {
+        out.truncate(start);
+        return None;
     };
-    put_message(out, tag, &new_body);
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     Some(effect.unwrap_or(RenameEffect::None))
 }
 
