@@ -18,128 +18,41 @@
 //! use them too. The imports themselves stay, uncalled, so that no index changes; the host
 //! still catches a longjmp that reaches one of its own trampolines, as a wasm exception.
 
-use std::collections::HashMap;
-
-use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
-use wasm_encoder::{
-    BlockType, Catch, CodeSection, ExportKind, ExportSection, Function, FunctionSection, RawSection, TagKind,
-    TagSection, TagType, TypeSection, ValType,
-};
+use wasm_encoder::{BlockType, Catch, ExportKind, Function, TagKind, TagType, ValType};
 use wasmparser::{CompositeInnerType, ExternalKind, FuncType, Parser, Payload, TypeRef};
 
-use super::{RewriteError, reencode_error};
+use super::RewriteError;
+use super::append::{Additions, Counts, append};
 
 /// The import that raises a longjmp.
 const THROW_LONGJMP: &str = "_emscripten_throw_longjmp";
 
 /// Returns `wasm` (the main module, after `prepare_main_module`) with longjmp caught in wasm.
 pub(crate) fn catch_longjmp_in_wasm(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
-    let plan = Plan::of(wasm)?;
-    let mut out = wasm_encoder::Module::new();
-    let mut tag_written = false;
-    for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload?;
-        let Some((id, range)) = payload.as_section() else {
-            continue;
-        };
-        // The tag section comes after the memory section and before the global section.
-        if !tag_written && matches!(id, 6..=12) {
-            let mut tags = TagSection::new();
-            tags.tag(TagType {
-                kind: TagKind::Exception,
-                func_type_idx: plan.empty_type,
-            });
-            out.section(&tags);
-            tag_written = true;
-        }
-        match payload {
-            Payload::TypeSection(reader) => {
-                let mut types = TypeSection::new();
-                RoundtripReencoder
-                    .parse_type_section(&mut types, reader)
-                    .map_err(reencode_error)?;
-                for callee in &plan.callee_types {
-                    types.ty().function(
-                        callee
-                            .params()
-                            .iter()
-                            .map(val_type)
-                            .collect::<Result<Vec<_>, _>>()?,
-                        callee
-                            .results()
-                            .iter()
-                            .map(val_type)
-                            .collect::<Result<Vec<_>, _>>()?,
-                    );
-                }
-                types.ty().function([], []);
-                out.section(&types);
-            }
-            Payload::FunctionSection(reader) => {
-                let mut functions = FunctionSection::new();
-                RoundtripReencoder
-                    .parse_function_section(&mut functions, reader)
-                    .map_err(reencode_error)?;
-                for invoke in &plan.invokes {
-                    functions.function(invoke.type_index);
-                }
-                functions.function(plan.empty_type);
-                out.section(&functions);
-            }
-            Payload::TagSection(_) => {
-                return Err(RewriteError::Unexpected("a tag section already".into()));
-            }
-            Payload::ExportSection(reader) => {
-                let mut exports = ExportSection::new();
-                RoundtripReencoder
-                    .parse_export_section(&mut exports, reader)
-                    .map_err(reencode_error)?;
-                for invoke in &plan.invokes {
-                    exports.export(&invoke.name, ExportKind::Func, invoke.replacement);
-                }
-                exports.export(THROW_LONGJMP, ExportKind::Func, plan.throw_replacement);
-                out.section(&exports);
-            }
-            Payload::CodeSectionStart { range, .. } => {
-                out.section(&plan.code_section(wasm, range)?);
-            }
-            _ => {
-                out.section(&RawSection {
-                    id,
-                    data: &wasm[range],
-                });
-            }
-        }
-    }
-    Ok(out.finish())
+    append(wasm, &Plan::of(wasm)?.additions()?)
 }
 
 /// What the pass adds, and where.
 struct Plan {
+    counts: Counts,
     /// One per `invoke_<sig>` import.
     invokes: Vec<InvokeImport>,
     /// The types of the functions the invokes call (their own, without the function pointer),
-    /// added after the module's types: `invoke.callee_type` indexes into it from
-    /// `first_new_type`.
+    /// added after the module's: `invoke.callee_type` indexes into it.
     callee_types: Vec<FuncType>,
-    first_new_type: u32,
-    /// `[] -> []`, added last: the tag's type and the thrower's.
-    empty_type: u32,
-    /// Function indices to call instead, by import index.
-    redirect: HashMap<u32, u32>,
-    throw_replacement: u32,
+    throw_import: u32,
     stack_pointer: u32,
     set_threw: u32,
 }
 
 struct InvokeImport {
     name: String,
+    import_index: u32,
     type_index: u32,
     /// The index of its callee's type among `Plan::callee_types`.
     callee_type: usize,
     params: Vec<ValType>,
     result: Option<ValType>,
-    replacement: u32,
 }
 
 impl Plan {
@@ -148,7 +61,6 @@ impl Plan {
         let mut imported = Vec::new();
         let mut throw_import = None;
         let mut function_imports = 0u32;
-        let mut defined_functions = 0u32;
         let (mut stack_pointer, mut set_threw) = (None, None);
         for payload in Parser::new(0).parse_all(wasm) {
             match payload? {
@@ -176,7 +88,6 @@ impl Plan {
                         function_imports += 1;
                     }
                 }
-                Payload::FunctionSection(reader) => defined_functions = reader.count(),
                 Payload::ExportSection(reader) => {
                     for export in reader {
                         let export = export?;
@@ -191,15 +102,8 @@ impl Plan {
             }
         }
         let missing = |what: &str| RewriteError::Unexpected(format!("no {what}"));
-        let throw_import = throw_import.ok_or_else(|| missing("_emscripten_throw_longjmp import"))?;
-        let stack_pointer = stack_pointer.ok_or_else(|| missing("__stack_pointer export"))?;
-        let set_threw = set_threw.ok_or_else(|| missing("setThrew export"))?;
-
-        let first_new_type = types.len() as u32;
         let mut callee_types: Vec<FuncType> = Vec::new();
         let mut invokes = Vec::new();
-        let mut redirect = HashMap::new();
-        let first_new_function = function_imports + defined_functions;
         for (name, type_index, import_index) in imported {
             let ty = types
                 .get(type_index as usize)
@@ -222,57 +126,63 @@ impl Plan {
                     callee_types.len() - 1
                 }
             };
-            let replacement = first_new_function + invokes.len() as u32;
-            redirect.insert(import_index, replacement);
             invokes.push(InvokeImport {
                 name,
+                import_index,
                 type_index,
                 callee_type,
                 params: args.iter().map(val_type).collect::<Result<_, _>>()?,
                 result: results.first().map(val_type).transpose()?,
-                replacement,
             });
         }
-        let throw_replacement = first_new_function + invokes.len() as u32;
-        redirect.insert(throw_import, throw_replacement);
-        let empty_type = first_new_type + callee_types.len() as u32;
         Ok(Plan {
+            counts: Counts::of(wasm)?,
             invokes,
             callee_types,
-            first_new_type,
-            empty_type,
-            redirect,
-            throw_replacement,
-            stack_pointer,
-            set_threw,
+            throw_import: throw_import.ok_or_else(|| missing("_emscripten_throw_longjmp import"))?,
+            stack_pointer: stack_pointer.ok_or_else(|| missing("__stack_pointer export"))?,
+            set_threw: set_threw.ok_or_else(|| missing("setThrew export"))?,
         })
     }
 
-    /// The code section: the module's bodies with their calls redirected, then the new bodies.
-    fn code_section(&self, wasm: &[u8], range: std::ops::Range<usize>) -> Result<CodeSection, RewriteError> {
-        let reader = wasmparser::CodeSectionReader::new(wasmparser::BinaryReader::new(
-            &wasm[range.clone()],
-            range.start,
-        ))?;
-        let mut code = CodeSection::new();
-        let mut redirecting = Redirect(&self.redirect);
-        for body in reader {
-            redirecting
-                .parse_function_body(&mut code, body?)
-                .map_err(reencode_error)?;
+    /// The callee types, then `[] -> []`; the tag; the invokes, then the thrower, exported under
+    /// the names of the imports they replace, which every call now reaches instead.
+    fn additions(&self) -> Result<Additions, RewriteError> {
+        let mut added = Additions::default();
+        for callee in &self.callee_types {
+            let params = callee.params().iter().map(val_type).collect::<Result<_, _>>()?;
+            let results = callee.results().iter().map(val_type).collect::<Result<_, _>>()?;
+            added.types.push((params, results));
         }
+        let empty_type = self.counts.types + self.callee_types.len() as u32;
+        added.types.push((vec![], vec![]));
+        added.tags.push(TagType {
+            kind: TagKind::Exception,
+            func_type_idx: empty_type,
+        });
+        let longjmp_tag = self.counts.tags;
         for invoke in &self.invokes {
-            code.function(&self.invoke_body(invoke));
+            let index = self.counts.functions + added.functions.len() as u32;
+            added
+                .functions
+                .push((invoke.type_index, self.invoke_body(invoke, longjmp_tag)));
+            added.exports.push((invoke.name.clone(), ExportKind::Func, index));
+            added.redirect.insert(invoke.import_index, index);
         }
-        let mut thrower = Function::new([]);
-        thrower.instructions().throw(0).end();
-        code.function(&thrower);
-        Ok(code)
+        let thrower = self.counts.functions + added.functions.len() as u32;
+        let mut body = Function::new([]);
+        body.instructions().throw(longjmp_tag).end();
+        added.functions.push((empty_type, body));
+        added
+            .exports
+            .push((THROW_LONGJMP.to_owned(), ExportKind::Func, thrower));
+        added.redirect.insert(self.throw_import, thrower);
+        Ok(added)
     }
 
     /// `invoke_<sig>(fnptr, args...)`: `table[fnptr](args...)`, or after a longjmp out of it, the
     /// stack pointer restored, `setThrew(1, 0)` and zero.
-    fn invoke_body(&self, invoke: &InvokeImport) -> Function {
+    fn invoke_body(&self, invoke: &InvokeImport, longjmp_tag: u32) -> Function {
         let saved_sp = 1 + invoke.params.len() as u32;
         let mut f = Function::new([(1, ValType::I32)]);
         let mut body = f.instructions();
@@ -280,12 +190,18 @@ impl Plan {
             .local_set(saved_sp)
             .block(BlockType::Empty)
             // The label of a catch clause is counted from outside the try_table: 0 is the block.
-            .try_table(BlockType::Empty, [Catch::One { tag: 0, label: 0 }]);
+            .try_table(
+                BlockType::Empty,
+                [Catch::One {
+                    tag: longjmp_tag,
+                    label: 0,
+                }],
+            );
         for arg in 1..=invoke.params.len() as u32 {
             body.local_get(arg);
         }
         body.local_get(0)
-            .call_indirect(0, self.first_new_type + invoke.callee_type as u32)
+            .call_indirect(0, self.counts.types + invoke.callee_type as u32)
             .return_()
             .end()
             .end()
@@ -304,17 +220,6 @@ impl Plan {
         }
         .end();
         f
-    }
-}
-
-/// Re-encodes function bodies with calls of some functions pointed at others.
-struct Redirect<'a>(&'a HashMap<u32, u32>);
-
-impl Reencode for Redirect<'_> {
-    type Error = std::convert::Infallible;
-
-    fn function_index(&mut self, func: u32) -> Result<u32, wasm_encoder::reencode::Error<Self::Error>> {
-        Ok(self.0.get(&func).copied().unwrap_or(func))
     }
 }
 

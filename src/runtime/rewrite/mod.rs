@@ -20,13 +20,14 @@ use wasm_encoder::{
 };
 use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
+mod append;
 mod batch;
 mod longjmp;
 
 pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
 
 /// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 4;
+pub(crate) const REWRITE_VERSION: u32 = 5;
 
 /// The export under which the module's former start function is reachable.
 pub(crate) const START_EXPORT: &str = "__harness_start";
