@@ -641,3 +641,44 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error) -> CallError {
 fn trap(e: wasmtime::Error) -> CallError {
     CallError::Trap(format!("{e:#}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A side module's invoke of a signature the main module has none of is the host's
+    /// trampoline: a longjmp (the module's wasm exception) out of its callee is caught there.
+    #[test]
+    fn the_host_invoke_trampoline_catches_the_modules_longjmp() {
+        let runtime = Runtime::global().unwrap();
+        let mut pg = PgInstance::instantiate(runtime, Vfs::new(), Vec::new()).unwrap();
+        let store = &mut pg.store;
+        let exports = store.data().exports().clone();
+        let thrower = exports
+            .instance
+            .get_func(&mut *store, "_emscripten_throw_longjmp")
+            .expect("the rewrite exports the thrower");
+        let slot = exports
+            .table
+            .grow(&mut *store, 1, Ref::Func(Some(thrower)))
+            .unwrap();
+        let threw = address(store, exports.instance, "__THREW__").unwrap() as usize;
+        let sp = exports.stack_pointer.get(&mut *store).i32();
+
+        // At the top level, the exception is a longjmp with no setjmp to catch it.
+        let error = thrower.call(&mut *store, &[], &mut []).unwrap_err();
+        assert!(sjlj::is_longjmp(&mut *store, &error), "{error:#}");
+
+        let invoke = sjlj::invoke_func(&mut *store, "invoke_v").unwrap();
+        invoke
+            .call(&mut *store, &[Val::I32(slot as i32)], &mut [])
+            .expect("the trampoline catches the longjmp");
+        let memory = exports.memory.data(&*store);
+        assert_eq!(
+            memory[threw..threw + 4],
+            1i32.to_le_bytes(),
+            "setThrew(1, 0) was called"
+        );
+        assert_eq!(exports.stack_pointer.get(&mut *store).i32(), sp);
+    }
+}

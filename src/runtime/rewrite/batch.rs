@@ -137,9 +137,6 @@ mod tests {
         }
         // The loop is the last function and its global the last global.
         assert_eq!(run_batch, Some((ExternalKind::Func, counts.functions - 1)));
-        assert_eq!(
-            input_pending,
-            Some((ExternalKind::Global, counts.globals - 1))
-        );
+        assert_eq!(input_pending, Some((ExternalKind::Global, counts.globals - 1)));
     }
 }
