@@ -95,7 +95,8 @@ impl Invoke {
 
     /// Calls `table[fnptr](args)` (`space` holds `fnptr, args...` and receives the result),
     /// catching only a longjmp. The callee's type is checked once per table slot, then the call
-    /// goes straight through (`call_unchecked`): these trampolines run dozens of times a query.
+    /// goes straight through (`call_unchecked`). Only side-module invokes of a signature the main
+    /// module has none of come here; the module's own run in wasm (`rewrite::longjmp`).
     pub(crate) fn call(
         &self,
         mut caller: Caller<'_, HostState>,

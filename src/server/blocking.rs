@@ -116,18 +116,18 @@ impl Watchlist {
     /// Waits actively, up to `spin`, for a watched socket to have input (yielding the core
     /// meanwhile: the client that will send may need it).
     pub fn spin_until_readable(&self, spin: Duration) {
-        let fds = self.lock().clone();
+        // Held throughout: a `Watched` leaves the list (taking this lock) before its socket
+        // closes, so every fd polled here stays open.
+        let fds = self.lock();
         if fds.is_empty() {
             return;
         }
-        // SAFETY: every fd on the list is open: a connection removes its socket (dropping its
-        // `Watched`) before closing it, on this same thread, and this copy is used before this
-        // function returns to that thread's other work.
-        let borrowed: Vec<BorrowedFd<'_>> = fds
+        let mut polled: Vec<PollFd<'_>> = fds
             .iter()
-            .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+            // SAFETY: the fd is open while the lock is held (above), and `polled` is dropped
+            // before the lock.
+            .map(|&fd| PollFd::from_borrowed_fd(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::IN))
             .collect();
-        let mut polled: Vec<PollFd<'_>> = borrowed.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
         let zero = Timespec {
             tv_sec: 0,
             tv_nsec: 0,

@@ -821,10 +821,19 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     };
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
     let text = &text[..end];
-    // Only those matter here: skip the copy and the parse for every other statement.
-    let mentions = |word: &[u8]| text.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
-    if !(mentions(b"listen") || mentions(b"discard") || mentions(b"authorization") || mentions(b"deallocate"))
-    {
+    // Only those matter here: skip the copy and the parse for every other statement. One pass,
+    // trying a keyword only where its first letter is.
+    const KEYWORDS: [&[u8]; 4] = [b"listen", b"discard", b"authorization", b"deallocate"];
+    let mentions_one = (0..text.len()).any(|at| {
+        let first = text[at].to_ascii_lowercase();
+        KEYWORDS.iter().any(|word| {
+            word[0] == first
+                && text[at..]
+                    .get(..word.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        })
+    });
+    if !mentions_one {
         return None;
     }
     Some(String::from_utf8_lossy(text).into_owned())
@@ -900,5 +909,34 @@ impl Shared {
             self.metrics.sample_memory(engine);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_statements_naming_a_session_keyword_are_read() {
+        let query = |sql: &str| [sql.as_bytes(), b"\0"].concat();
+        assert_eq!(
+            statement_text(b'Q', &query("Listen jobs")).as_deref(),
+            Some("Listen jobs")
+        );
+        assert_eq!(
+            statement_text(b'Q', &query("select 1; DISCARD ALL")).as_deref(),
+            Some("select 1; DISCARD ALL")
+        );
+        assert!(statement_text(b'Q', &query("RESET SESSION AUTHORIZATION")).is_some());
+        assert!(statement_text(b'Q', &query("deallocate all")).is_some());
+        assert_eq!(statement_text(b'Q', &query("SELECT 1")), None);
+        assert_eq!(
+            statement_text(b'Q', &query("SELECT 'liste'")),
+            None,
+            "a keyword cut short"
+        );
+        let parse = [b"s1\0".as_slice(), &query("LISTEN x"), &[0, 0]].concat();
+        assert_eq!(statement_text(b'P', &parse).as_deref(), Some("LISTEN x"));
+        assert_eq!(statement_text(b'B', b"\0s1\0"), None);
     }
 }
