@@ -107,16 +107,8 @@ fn main() {
         })
         .collect();
     let setup = message(|m| frontend::query("CREATE TABLE bench(id int PRIMARY KEY, body text)", m).unwrap());
-    let begin = message(|m| frontend::query("BEGIN", m).unwrap());
-    let commit = message(|m| frontend::query("COMMIT", m).unwrap());
     backend.exec(&setup).unwrap();
-    let started = Instant::now();
-    backend.exec(&begin).unwrap();
-    for insert in &inserts {
-        backend.exec(insert).unwrap();
-    }
-    backend.exec(&commit).unwrap();
-    let pglite = started.elapsed();
+    let pglite = in_one_transaction(&inserts, |m| drop(backend.exec(m).unwrap()));
     row("25,000 single-row INSERTs in one transaction (exec)", pglite, "");
 
     // What sqlx sends for each execution of a prepared statement: Bind, Execute, Sync.
@@ -154,13 +146,7 @@ fn main() {
         }))
         .unwrap();
     backend.exec(&prepare).unwrap();
-    let started = Instant::now();
-    backend.exec(&begin).unwrap();
-    for execution in &executions {
-        backend.exec(execution).unwrap();
-    }
-    backend.exec(&commit).unwrap();
-    let prepared = started.elapsed();
+    let prepared = in_one_transaction(&executions, |m| drop(backend.exec(m).unwrap()));
     row(
         "25,000 prepared INSERTs (Bind/Execute/Sync each, exec)",
         prepared,
@@ -174,13 +160,7 @@ fn main() {
         Ok(server) => {
             let mut conn = server.connect().unwrap();
             conn.exec(&setup).unwrap();
-            let started = Instant::now();
-            conn.exec(&begin).unwrap();
-            for insert in &inserts {
-                conn.exec(insert).unwrap();
-            }
-            conn.exec(&commit).unwrap();
-            let native = started.elapsed();
+            let native = in_one_transaction(&inserts, |m| drop(conn.exec(m).unwrap()));
             row(
                 "25,000 single-row INSERTs, native PostgreSQL 18.6 (TCP)",
                 native,
@@ -191,13 +171,7 @@ fn main() {
             }))
             .unwrap();
             conn.exec(&prepare).unwrap();
-            let started = Instant::now();
-            conn.exec(&begin).unwrap();
-            for execution in &executions {
-                conn.exec(execution).unwrap();
-            }
-            conn.exec(&commit).unwrap();
-            let native_prepared = started.elapsed();
+            let native_prepared = in_one_transaction(&executions, |m| drop(conn.exec(m).unwrap()));
             row(
                 "25,000 prepared INSERTs, native PostgreSQL 18.6 (TCP)",
                 native_prepared,
@@ -225,6 +199,17 @@ fn main() {
         }
         Err(e) => println!("native PostgreSQL baseline unavailable: {e}"),
     }
+}
+
+/// The time to send `batches` one by one through `exec`, between BEGIN and COMMIT.
+fn in_one_transaction(batches: &[BytesMut], mut exec: impl FnMut(&[u8])) -> Duration {
+    let started = Instant::now();
+    exec(&message(|m| frontend::query("BEGIN", m).unwrap()));
+    for batch in batches {
+        exec(batch);
+    }
+    exec(&message(|m| frontend::query("COMMIT", m).unwrap()));
+    started.elapsed()
 }
 
 fn message(build: impl FnOnce(&mut BytesMut)) -> BytesMut {
