@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Each workload runs twice in a child process under callgrind, with no statements and with `n`,
-//! counting only inside the engine's `exec`; the difference divided by `n` is the figure.
+//! counting only inside the engine's `exec`; the difference divided by `n` is the figure. The bulk
+//! workload is one statement of `n` rows (none for the baseline), so its figure is per row.
 //! Without valgrind it says so and exits successfully.
 
 use std::process::Command;
@@ -21,10 +22,11 @@ use postgres_protocol::message::frontend;
 /// Set in the child: `<workload>:<count>`.
 const CHILD_ENV: &str = "PGLITE_HARNESS_INSTRUCTIONS_CHILD";
 
-const WORKLOADS: [(&str, &str); 3] = [
+const WORKLOADS: [(&str, &str); 4] = [
     ("select1", "prepared SELECT 1 (Bind/Execute/Sync)"),
     ("query", "simple-query SELECT 1 (Query)"),
     ("insert", "prepared single-row INSERT (Bind/Execute/Sync)"),
+    ("bulk", "a row of one INSERT ... SELECT FROM generate_series"),
 ];
 
 fn main() {
@@ -85,6 +87,16 @@ fn run(workload: &str, count: u64) {
         .unwrap();
     let select1 = execution("one", &[]);
     let query = message(|m| frontend::query("SELECT 1", m).unwrap());
+    if workload == "bulk" {
+        // One statement of `count` rows (none for the baseline): the figure is per row.
+        if count > 0 {
+            let sql = format!("INSERT INTO bench SELECT g, 'row ' || g FROM generate_series(1, {count}) g");
+            backend
+                .exec(&message(|m| frontend::query(&sql, m).unwrap()))
+                .unwrap();
+        }
+        return;
+    }
     for i in 0..count as i32 {
         let batch = match workload {
             "select1" => select1.clone(),
