@@ -228,11 +228,25 @@ fn stored_prefix(stored: usize, within: usize, src: &[u8]) -> usize {
     if overlap == src.len() {
         return overlap;
     }
-    let nonzero = src[overlap..]
+    overlap + nonzero_prefix(&src[overlap..])
+}
+
+/// The length of `bytes` up to and including its last non-zero byte (0 if all are zero). Whole
+/// zero pages are common (Postgres zero-fills every new WAL segment and relation page), so the
+/// search skips zeros 16 bytes at a time.
+fn nonzero_prefix(bytes: &[u8]) -> usize {
+    let mut end = bytes.len();
+    while end >= 16 {
+        let block: [u8; 16] = bytes[end - 16..end].try_into().expect("16 bytes");
+        if u128::from_ne_bytes(block) != 0 {
+            break;
+        }
+        end -= 16;
+    }
+    bytes[..end]
         .iter()
         .rposition(|&b| b != 0)
-        .map_or(0, |last| last + 1);
-    overlap + nonzero
+        .map_or(0, |last| last + 1)
 }
 
 /// Chunk index and offset within it of a file position.
@@ -365,6 +379,21 @@ mod tests {
         assert_eq!(stored_prefix(10, 8, &[0, 0, 0, 5]), 4);
         assert_eq!(stored_prefix(0, 8, &[0, 0]), 0);
         assert_eq!(stored_prefix(20, 8, &[0, 0]), 2);
+    }
+
+    #[test]
+    fn the_last_nonzero_byte_is_found_at_any_position() {
+        assert_eq!(nonzero_prefix(&[]), 0);
+        assert_eq!(nonzero_prefix(&[0u8; 8192]), 0);
+        for len in [1, 15, 16, 17, 31, 32, 33, 100, 8192] {
+            for at in 0..len {
+                let mut bytes = vec![0u8; len];
+                bytes[at] = 9;
+                assert_eq!(nonzero_prefix(&bytes), at + 1, "byte {at} of {len}");
+                bytes[0] = 1;
+                assert_eq!(nonzero_prefix(&bytes), at + 1, "byte {at} of {len}, first set");
+            }
+        }
     }
 
     #[test]
