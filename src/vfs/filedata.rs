@@ -210,14 +210,17 @@ impl FileData {
 fn write_into(chunk: &mut Vec<u8>, within: usize, src: &[u8]) {
     let needed = within + src.len();
     debug_assert!(needed <= CHUNK_SIZE);
-    if needed > chunk.len() {
-        if needed > chunk.capacity() {
-            let target = needed.max(chunk.capacity() * 2).min(CHUNK_SIZE);
-            chunk.reserve_exact(target - chunk.len());
-        }
-        chunk.resize(needed, 0);
+    if needed > chunk.capacity() {
+        let target = needed.max(chunk.capacity() * 2).min(CHUNK_SIZE);
+        chunk.reserve_exact(target - chunk.len());
     }
-    chunk[within..needed].copy_from_slice(src);
+    // Bytes past the stored ones are appended, not zeroed first and then overwritten.
+    let overlap = chunk.len().saturating_sub(within).min(src.len());
+    if within > chunk.len() {
+        chunk.resize(within, 0);
+    }
+    chunk[within..within + overlap].copy_from_slice(&src[..overlap]);
+    chunk.extend_from_slice(&src[overlap..]);
 }
 
 /// How much of `src`, written at `within` into a chunk holding `stored` bytes, must really be
@@ -379,6 +382,53 @@ mod tests {
         assert_eq!(stored_prefix(10, 8, &[0, 0, 0, 5]), 4);
         assert_eq!(stored_prefix(0, 8, &[0, 0]), 0);
         assert_eq!(stored_prefix(20, 8, &[0, 0]), 2);
+    }
+
+    #[test]
+    fn random_writes_truncations_and_forks_read_back_as_a_plain_vector_would() {
+        // xorshift64: the same sequence on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let (mut file, mut model) = (FileData::default(), Vec::<u8>::new());
+        let mut forks = Vec::new();
+        for step in 0..3000 {
+            match next(10) {
+                0 => {
+                    let len = next(3 * CHUNK) as usize;
+                    file.set_len(len as u64).unwrap();
+                    model.resize(len, 0);
+                }
+                1 => forks.push((file.clone(), model.clone())),
+                _ => {
+                    let offset = next(3 * CHUNK) as usize;
+                    let longest = if next(4) == 0 { CHUNK + 100 } else { 300 };
+                    let len = next(longest) as usize;
+                    // Runs of zeros and of data, so that both stored and sparse paths are taken.
+                    let byte = if next(3) == 0 { 0 } else { next(255) as u8 + 1 };
+                    let mut src = vec![byte; len];
+                    if len > 0 && next(2) == 0 {
+                        let at = next(len as u64) as usize;
+                        src[at] = 7;
+                    }
+                    file.write_at(&src, offset as u64).unwrap();
+                    if model.len() < offset + len {
+                        model.resize(offset + len, 0);
+                    }
+                    model[offset..offset + len].copy_from_slice(&src);
+                }
+            }
+            file.check().unwrap_or_else(|e| panic!("step {step}: {e}"));
+            assert_eq!(file.to_vec(), model, "step {step}");
+        }
+        // Writes after a fork never reach it.
+        for (fork, model) in forks {
+            assert_eq!(fork.to_vec(), model);
+        }
     }
 
     #[test]
