@@ -691,3 +691,71 @@ async fn clients_get_the_instances_user_and_database() {
         assert_eq!(user, "app", "after {reset}");
     }
 }
+
+/// `session_user` and `current_user` as the client sees them.
+async fn identity(client: &tokio_postgres::Client) -> (String, String) {
+    let row = client
+        .query_one("SELECT session_user::text, current_user::text", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn pair(session: &str, current: &str) -> (String, String) {
+    (session.to_owned(), current.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_session_authorization_and_set_role_hold_for_that_connection_only() {
+    let server = start();
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    a.batch_execute("CREATE ROLE bob; CREATE ROLE carol; GRANT carol TO bob")
+        .await
+        .unwrap();
+
+    a.batch_execute("SET SESSION AUTHORIZATION bob").await.unwrap();
+    assert_eq!(identity(&b).await, pair("postgres", "postgres"), "b is not bob");
+    assert_eq!(identity(&a).await, pair("bob", "bob"), "a is bob again");
+
+    a.batch_execute("SET ROLE carol").await.unwrap();
+    assert_eq!(identity(&b).await, pair("postgres", "postgres"));
+    assert_eq!(identity(&a).await, pair("bob", "carol"));
+    // What bob may not do, b may: it is still the superuser.
+    b.batch_execute("CREATE TABLE made_by_b(x int)").await.unwrap();
+    let err = a.batch_execute("DROP TABLE made_by_b").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+
+    a.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(identity(&b).await, pair("postgres", "postgres"));
+    assert_eq!(identity(&a).await, pair("bob", "bob"));
+
+    // A connection that leaves as bob leaves no bob behind.
+    let c = connect(&server).await;
+    c.batch_execute("SET SESSION AUTHORIZATION carol").await.unwrap();
+    drop(c);
+    let d = connect(&server).await;
+    assert_eq!(identity(&d).await, pair("postgres", "postgres"));
+    assert_eq!(identity(&a).await, pair("bob", "bob"));
+    a.batch_execute("RESET SESSION AUTHORIZATION").await.unwrap();
+    assert_eq!(identity(&a).await, pair("postgres", "postgres"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_users_connections_go_back_to_it_after_another_connections_role() {
+    let backend = Backend::builder().user("app").open().unwrap();
+    let server = Server::builder().start(backend).unwrap();
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    // `app` is the instance's superuser; its connections start and stay as `app`.
+    a.batch_execute("CREATE ROLE reader; SET ROLE reader")
+        .await
+        .unwrap();
+    assert_eq!(identity(&b).await, pair("app", "app"));
+    assert_eq!(identity(&a).await, pair("app", "reader"));
+    b.batch_execute("SET SESSION AUTHORIZATION reader").await.unwrap();
+    assert_eq!(identity(&a).await, pair("app", "reader"));
+    assert_eq!(identity(&b).await, pair("reader", "reader"));
+    b.batch_execute("SET SESSION AUTHORIZATION DEFAULT")
+        .await
+        .unwrap();
+    assert_eq!(identity(&b).await, pair("app", "app"));
+}

@@ -469,11 +469,10 @@ impl Connection {
         // changed that within a transaction that has failed since (its ROLLBACK undoes it).
         if self.pending_reauthorize && matches!(messages::ready_status(&kept), Some(b'I' | b'T')) {
             self.pending_reauthorize = false;
+            // Always: PGlite's single-user backend keeps the authorization those statements reset.
             let user = &self.shared.config.user;
-            if user != "postgres" {
-                let sql = format!("SET SESSION AUTHORIZATION {}", session::quote_identifier(user));
-                let _ = self.run_sql(&sql).await;
-            }
+            let sql = format!("SET SESSION AUTHORIZATION {}", session::quote_identifier(user));
+            let _ = self.run_sql(&sql).await;
         } else if matches!(messages::ready_status(&kept), Some(b'E')) {
             self.pending_reauthorize = false;
         }
@@ -506,7 +505,9 @@ impl Connection {
             (state.applied_for, state.dirty, state.applied.clone(), wanted)
         };
         if dirty && let Some(previous) = previous {
-            let reply = self.run_sql(SESSION_SETTINGS).await?;
+            let reply = self
+                .run_sql(&session::settings_query(&self.shared.config.user))
+                .await?;
             let rows = crate::backend::SimpleQueryOutput::parse(&reply);
             let saved: Vec<(String, String)> = rows
                 .rows()
@@ -518,14 +519,7 @@ impl Connection {
             }
         }
         if dirty || wanted != applied {
-            let mut sql = String::from("RESET ALL;");
-            for (name, value) in &wanted {
-                sql.push_str(&format!(
-                    "SET {} = {};",
-                    session::quote_identifier(name),
-                    session::quote_literal(value)
-                ));
-            }
+            let sql = session::apply_settings_sql(&wanted, &self.shared.config.user);
             self.run_sql(&sql).await?;
         }
         let mut state = self.shared.settings();
@@ -651,7 +645,8 @@ impl Connection {
             let _ = postgres_protocol::message::frontend::query("ROLLBACK", &mut cleanup);
         }
         if reset_settings {
-            let _ = postgres_protocol::message::frontend::query("RESET ALL", &mut cleanup);
+            let sql = session::apply_settings_sql(&[], &self.shared.config.user);
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut cleanup);
         }
         if !abandoned.is_empty() {
             let sql: String = abandoned
@@ -840,9 +835,6 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
 }
 
 /// The session settings a connection may have changed (`source = 'session'`).
-const SESSION_SETTINGS: &str =
-    "SELECT name, setting FROM pg_settings WHERE source = 'session' AND context IN ('user', 'superuser')";
-
 /// Whose session settings are in force in the shared session, and every connection's own.
 #[derive(Default)]
 pub(crate) struct SessionSettings {

@@ -14,7 +14,8 @@
 //! * malformed bytes are answered with a protocol-violation error on that connection only and
 //!   never reach the backend.
 //!
-//! `SET` values are per connection: each connection's are put in force when it takes its turn.
+//! `SET` values, `SET SESSION AUTHORIZATION` and `SET ROLE` are per connection: each
+//! connection's are put in force when it takes its turn.
 //! Temporary tables and advisory locks belong to the one shared session; `LISTEN` registers in it,
 //! but a notification is delivered only to the connections listening on its channel.
 //!

@@ -74,6 +74,63 @@ pub(crate) fn resets_authorization(sql: &str) -> bool {
     })
 }
 
+/// The query that reads back a connection's share of the session: the settings it changed with
+/// SET, then its authorization (`SET SESSION AUTHORIZATION`) and role (`SET ROLE`) where they
+/// are not the instance's `user` and no role. Those two are not settings RESET ALL touches or
+/// `pg_settings` shows, so they are read as pseudo-settings named after their GUCs.
+pub(crate) fn settings_query(user: &str) -> String {
+    format!(
+        "SELECT name, setting FROM pg_settings WHERE source = 'session' AND context IN ('user', 'superuser') \
+         UNION ALL SELECT '{AUTHORIZATION}', session_user WHERE session_user <> {} \
+         UNION ALL SELECT '{ROLE}', current_setting('role') WHERE current_setting('role') <> 'none'",
+        quote_literal(user)
+    )
+}
+
+/// The role PGlite's session is authenticated as (initdb's superuser).
+pub(crate) const BOOTSTRAP_SUPERUSER: &str = "postgres";
+
+/// The pseudo-setting of a connection's `SET SESSION AUTHORIZATION` (see [`settings_query`]).
+const AUTHORIZATION: &str = "session_authorization";
+/// The pseudo-setting of a connection's `SET ROLE`.
+const ROLE: &str = "role";
+
+/// SQL that gives the shared session `settings` (as [`settings_query`] read them; empty for a
+/// connection that changed nothing) on behalf of an instance whose user is `user`: every other
+/// setting reset, the settings set as the bootstrap superuser (some need it), then the
+/// authorization and role put back, the instance's user and no role unless `settings` say
+/// otherwise.
+pub(crate) fn apply_settings_sql(settings: &[(String, String)], user: &str) -> String {
+    // Not `SET SESSION AUTHORIZATION DEFAULT`: in PGlite's single-user backend that keeps the
+    // authorization it resets.
+    let mut sql = format!(
+        "RESET ALL; SET SESSION AUTHORIZATION {};",
+        quote_literal(BOOTSTRAP_SUPERUSER)
+    );
+    let (mut authorization, mut role) = (user, None);
+    for (name, value) in settings {
+        match name.as_str() {
+            AUTHORIZATION => authorization = value,
+            ROLE => role = Some(value),
+            _ => sql.push_str(&format!(
+                "SET {} = {};",
+                quote_identifier(name),
+                quote_literal(value)
+            )),
+        }
+    }
+    if authorization != BOOTSTRAP_SUPERUSER {
+        sql.push_str(&format!(
+            "SET SESSION AUTHORIZATION {};",
+            quote_literal(authorization)
+        ));
+    }
+    if let Some(role) = role {
+        sql.push_str(&format!("SET ROLE {};", quote_literal(role)));
+    }
+    sql
+}
+
 /// A command that acts on the whole session, run per connection instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DiscardCommand {
@@ -232,6 +289,34 @@ pub(crate) fn changes_settings(reply: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_set_as_the_superuser_and_the_connections_role_comes_last() {
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            apply_settings_sql(&[], "postgres"),
+            "RESET ALL; SET SESSION AUTHORIZATION 'postgres';"
+        );
+        assert_eq!(
+            apply_settings_sql(&[], "app"),
+            "RESET ALL; SET SESSION AUTHORIZATION 'postgres';SET SESSION AUTHORIZATION 'app';"
+        );
+        let settings = owned(&[
+            ("role", "carol"),
+            ("work_mem", "7MB"),
+            ("session_authorization", "bob"),
+        ]);
+        assert_eq!(
+            apply_settings_sql(&settings, "app"),
+            "RESET ALL; SET SESSION AUTHORIZATION 'postgres';SET \"work_mem\" = '7MB';\
+             SET SESSION AUTHORIZATION 'bob';SET ROLE 'carol';"
+        );
+    }
 
     #[test]
     fn statements_that_give_the_session_back_to_its_session_user_are_recognised() {
