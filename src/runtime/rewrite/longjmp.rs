@@ -241,8 +241,8 @@ mod tests {
 
     #[test]
     fn no_call_reaches_an_invoke_import_or_the_longjmp_import_any_more() {
-        // `prepare_main_module` ends with this pass.
-        let out = super::super::prepare_main_module(crate::assets::PGLITE_WASM).unwrap();
+        let out =
+            catch_longjmp_in_wasm(&super::super::own_memory(crate::assets::PGLITE_WASM).unwrap()).unwrap();
         let mut features = wasmparser::WasmFeatures::default();
         features.insert(wasmparser::WasmFeatures::EXCEPTIONS);
         wasmparser::Validator::new_with_features(features)
