@@ -7,9 +7,11 @@
 //! cargo bench --bench instructions -- --n=4000 # more statements per count
 //! ```
 //!
-//! Each workload runs twice in a child process under callgrind, with no statements and with `n`,
-//! counting only inside the engine's `exec`; the difference divided by `n` is the figure. The bulk
-//! workload is one statement of `n` rows (none for the baseline), so its figure is per row.
+//! Each workload runs twice in a child process under callgrind, counting only inside the engine's
+//! `exec`: [`WARM_UP`] statements, then [`WARM_UP`] and `n` more; the difference divided by `n` is
+//! the figure, a warm backend's (the first statements fill caches, evicting and writing pages,
+//! which the figure would otherwise spread over the rest). The bulk workload is one statement of
+//! `WARM_UP` rows against one of `WARM_UP + n`, so its figure is per row.
 //! Without valgrind it says so and exits successfully.
 
 use std::process::Command;
@@ -21,6 +23,9 @@ use postgres_protocol::message::frontend;
 
 /// Set in the child: `<workload>:<count>`.
 const CHILD_ENV: &str = "PGLITE_HARNESS_INSTRUCTIONS_CHILD";
+
+/// Statements (or bulk rows) run before those counted.
+const WARM_UP: u64 = 500;
 
 const WORKLOADS: [(&str, &str); 4] = [
     ("select1", "prepared SELECT 1 (Bind/Execute/Sync)"),
@@ -38,7 +43,9 @@ fn main() {
     let n: u64 = std::env::args()
         .find_map(|a| a.strip_prefix("--n=").map(|v| v.parse().expect("--n=<count>")))
         .unwrap_or(2000);
-    println!("pglite-harness instructions per statement (callgrind, {n} statements less none)\n");
+    println!(
+        "pglite-harness instructions per statement (callgrind, {WARM_UP} + {n} statements less {WARM_UP})\n"
+    );
     if Command::new("valgrind").arg("--version").output().is_err() {
         println!("valgrind is not installed: nothing counted (Debian: apt-get install valgrind)");
         return;
@@ -65,7 +72,7 @@ fn main() {
                 .flatten()
                 .unwrap_or_else(|| panic!("no instruction count in callgrind's output:\n{log}"))
         };
-        let per_statement = (count(n).saturating_sub(count(0))) as f64 / n as f64;
+        let per_statement = (count(WARM_UP + n).saturating_sub(count(WARM_UP))) as f64 / n as f64;
         println!("{what:<58} {:>9.0} instructions", per_statement);
     }
 }
@@ -88,13 +95,11 @@ fn run(workload: &str, count: u64) {
     let select1 = execution("one", &[]);
     let query = message(|m| frontend::query("SELECT 1", m).unwrap());
     if workload == "bulk" {
-        // One statement of `count` rows (none for the baseline): the figure is per row.
-        if count > 0 {
-            let sql = format!("INSERT INTO bench SELECT g, 'row ' || g FROM generate_series(1, {count}) g");
-            backend
-                .exec(&message(|m| frontend::query(&sql, m).unwrap()))
-                .unwrap();
-        }
+        // One statement of `count` rows: the figure is per row.
+        let sql = format!("INSERT INTO bench SELECT g, 'row ' || g FROM generate_series(1, {count}) g");
+        backend
+            .exec(&message(|m| frontend::query(&sql, m).unwrap()))
+            .unwrap();
         return;
     }
     for i in 0..count as i32 {
