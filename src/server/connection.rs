@@ -834,7 +834,6 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(text).into_owned())
 }
 
-/// The session settings a connection may have changed (`source = 'session'`).
 /// Whose session settings are in force in the shared session, and every connection's own.
 #[derive(Default)]
 pub(crate) struct SessionSettings {

@@ -113,9 +113,20 @@ impl Plan {
                 }
                 Payload::ElementSection(reader) => {
                     for element in reader {
-                        if let ElementItems::Functions(functions) = element?.items {
-                            for function in functions {
-                                referenced.push(function?);
+                        match element?.items {
+                            ElementItems::Functions(functions) => {
+                                for function in functions {
+                                    referenced.push(function?);
+                                }
+                            }
+                            ElementItems::Expressions(_, expressions) => {
+                                for expression in expressions {
+                                    for op in expression?.get_operators_reader() {
+                                        if let Operator::RefFunc { function_index } = op? {
+                                            referenced.push(function_index);
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
