@@ -27,6 +27,7 @@ pub use cache::{CACHE_DIR_ENV, CacheError, ModuleCache, ModuleSource};
 pub(crate) use instance::{CallError, InstanceSnapshot, PgInstance};
 pub(crate) use interrupt::InterruptFlags;
 pub(crate) use memory::MemoryImage;
+pub(crate) use rewrite::REWRITE_VERSION;
 pub use rewrite::RewriteError;
 pub use snapshot_file::SnapshotFileError;
 pub(crate) use snapshot_file::{load as load_snapshot, save as save_snapshot};
