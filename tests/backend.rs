@@ -20,40 +20,6 @@ fn simple_protocol_answers_rows_and_reports_postgres_18_6() {
     db.close().unwrap();
 }
 
-/// CRC-32C bit by bit, straight from the polynomial.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-#[test]
-fn postgres_crc32c_which_checks_every_wal_record_is_the_standard_one() {
-    let mut db = Backend::builder().open().unwrap();
-    assert_eq!(scalar(&mut db, "SELECT crc32c('123456789'::bytea)"), "3808858755");
-    for len in [0, 1, 7, 8, 9, 100, 8191, 100_000] {
-        let text = "pglite".repeat(len / 6 + 1)[..len].to_owned();
-        let got = scalar(
-            &mut db,
-            &format!(
-                "SELECT crc32c(substring(convert_to(repeat('pglite', {}), 'UTF8') from 1 for {len}))",
-                len / 6 + 1
-            ),
-        );
-        assert_eq!(got, crc32c(text.as_bytes()).to_string(), "{len} bytes");
-    }
-    db.close().unwrap();
-}
-
 #[test]
 fn extended_protocol_parses_binds_and_executes() {
     let mut db = Backend::builder().open().unwrap();

@@ -1,12 +1,10 @@
-//! The 135 function imports of `pglite.wasm` (`env.*` and `wasi_snapshot_preview1.*`, and
-//! `pglite_harness.crc32c`, which the module rewrite puts in place of one), defined once on a
-//! `Linker` shared by every instance.
+//! The 135 function imports of `pglite.wasm` (`env.*` and `wasi_snapshot_preview1.*`), defined once
+//! on a `Linker` shared by every instance.
 //!
 //! The module's WASI imports share one fd table with its Emscripten syscalls, so both are served
 //! by this crate's [`Vfs`](crate::vfs::Vfs) rather than by wasmtime-wasi.
 
 mod control;
-pub(crate) mod crc32c;
 mod fs;
 mod net;
 mod system;
@@ -23,7 +21,6 @@ use crate::vfs::Errno;
 pub(crate) fn linker(engine: &Engine, module: &wasmtime::Module) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     control::define(&mut linker)?;
-    crc32c::define(&mut linker)?;
     fs::define(&mut linker)?;
     net::define(&mut linker)?;
     system::define(&mut linker)?;

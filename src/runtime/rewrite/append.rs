@@ -1,14 +1,13 @@
 //! Adds types, functions, globals, tags and exports after a module's own, so that no index of
-//! the module changes, and optionally points its calls of some functions at others and gives
-//! function imports other names: what the [`longjmp`](super::longjmp),
-//! [`crc32c`](super::crc32c) and [`batch`](super::batch) passes write.
+//! the module changes, and optionally points its calls of some functions at others: what the
+//! [`longjmp`](super::longjmp) and [`batch`](super::batch) passes write.
 
 use std::collections::HashMap;
 
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    CodeSection, ConstExpr, EntityType, ExportKind, ExportSection, Function, FunctionSection, GlobalSection,
-    GlobalType, ImportSection, RawSection, TagSection, TagType, TypeSection, ValType,
+    CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection, GlobalSection, GlobalType,
+    RawSection, TagSection, TagType, TypeSection, ValType,
 };
 use wasmparser::{Parser, Payload, TypeRef};
 
@@ -65,9 +64,6 @@ pub(super) struct Additions {
     pub exports: Vec<(String, ExportKind, u32)>,
     /// The module's calls (and other references) of a function to point at another instead.
     pub redirect: HashMap<u32, u32>,
-    /// Function imports to give another module and name: (function index, module, name). Their
-    /// type and index stay.
-    pub rename_imports: Vec<(u32, String, String)>,
 }
 
 /// Returns `wasm` with `additions` made.
@@ -100,31 +96,6 @@ pub(super) fn append(wasm: &[u8], additions: &Additions) -> Result<Vec<u8>, Rewr
                         .function(params.iter().copied(), results.iter().copied());
                 }
                 out.section(&types);
-            }
-            Payload::ImportSection(reader) if !additions.rename_imports.is_empty() => {
-                let mut imports = ImportSection::new();
-                let mut function = 0;
-                for import in reader.into_imports() {
-                    let import = import?;
-                    match import.ty {
-                        TypeRef::Func(ty) => {
-                            let (module, name) = additions
-                                .rename_imports
-                                .iter()
-                                .find(|(index, ..)| *index == function)
-                                .map_or((import.module, import.name), |(_, m, n)| (m.as_str(), n.as_str()));
-                            imports.import(module, name, EntityType::Function(ty));
-                            function += 1;
-                        }
-                        other => {
-                            return Err(RewriteError::Unexpected(format!(
-                                "import {}.{} of kind {other:?} where only functions are left",
-                                import.module, import.name
-                            )));
-                        }
-                    }
-                }
-                out.section(&imports);
             }
             Payload::FunctionSection(reader) => {
                 let mut functions = FunctionSection::new();

@@ -11,7 +11,6 @@
 //! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
 //!   restore them (3 of the 4 are otherwise hidden);
 //! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]);
-//! * Postgres' CRC-32C is computed by the host, with the CPU's CRC instruction ([`crc32c`]);
 //! * a batch of frontend messages runs in one call into wasm ([`batch`]).
 //!
 //! Function, table, global and data indices are unchanged: what is added comes after them.
@@ -23,13 +22,12 @@ use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
 mod append;
 mod batch;
-mod crc32c;
 mod longjmp;
 
 pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
 
 /// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 6;
+pub(crate) const REWRITE_VERSION: u32 = 7;
 
 /// The export under which the module's former start function is reachable.
 pub(crate) const START_EXPORT: &str = "__harness_start";
@@ -106,7 +104,6 @@ fn shape(wasm: &[u8]) -> Result<Shape, RewriteError> {
 /// Returns `wasm` rewritten as the module docs say.
 pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     let out = longjmp::catch_longjmp_in_wasm(&own_memory(wasm)?)?;
-    let out = crc32c::use_host_crc32c(&out, &initial_memory_image(wasm)?)?;
     batch::add_batch_loop(&out)
 }
 
