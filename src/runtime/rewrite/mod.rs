@@ -26,8 +26,35 @@ mod longjmp;
 
 pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
 
-/// Bump when the rewrite changes, so cached compiled modules of the old shape are not reused.
-pub(crate) const REWRITE_VERSION: u32 = 7;
+/// Identifies this rewrite in cache keys (compiled modules, templates): a hash of its source,
+/// so that a module compiled from another rewrite is never reused, without a version to bump
+/// by hand (a bump forgotten, or the same number given to two rewrites, serves stale modules).
+pub(crate) const REWRITE_VERSION: u64 = fnv1a(&REWRITE_SOURCES);
+
+/// The source files of the rewrite, every file of this directory (a test checks).
+const REWRITE_SOURCES: [(&str, &[u8]); 4] = [
+    ("mod.rs", include_bytes!("mod.rs")),
+    ("append.rs", include_bytes!("append.rs")),
+    ("batch.rs", include_bytes!("batch.rs")),
+    ("longjmp.rs", include_bytes!("longjmp.rs")),
+];
+
+/// 64-bit FNV-1a over the contents of `files`, one after the other.
+const fn fnv1a(files: &[(&str, &[u8])]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut file = 0;
+    while file < files.len() {
+        let bytes = files[file].1;
+        let mut at = 0;
+        while at < bytes.len() {
+            hash ^= bytes[at] as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            at += 1;
+        }
+        file += 1;
+    }
+    hash
+}
 
 /// The export under which the module's former start function is reachable.
 pub(crate) const START_EXPORT: &str = "__harness_start";
@@ -293,6 +320,23 @@ mod tests {
         );
         assert_eq!(imports, 135, "every function import is kept");
         wasmparser::Validator::new().validate_all(&out).unwrap();
+    }
+
+    #[test]
+    fn the_rewrite_version_covers_every_file_of_the_rewrite() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtime/rewrite");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut hashed: Vec<&str> = REWRITE_SOURCES.iter().map(|(name, _)| *name).collect();
+        hashed.sort();
+        assert_eq!(on_disk, hashed);
+        // Any byte counts.
+        let mut changed = REWRITE_SOURCES;
+        changed[1].1 = b"";
+        assert_ne!(fnv1a(&changed), REWRITE_VERSION);
     }
 
     #[test]
