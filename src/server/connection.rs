@@ -470,8 +470,7 @@ impl Connection {
         if self.pending_reauthorize && matches!(messages::ready_status(&kept), Some(b'I' | b'T')) {
             self.pending_reauthorize = false;
             // Always: PGlite's single-user backend keeps the authorization those statements reset.
-            let user = &self.shared.config.user;
-            let sql = format!("SET SESSION AUTHORIZATION {}", session::quote_identifier(user));
+            let sql = session::set_authorization_sql(&self.shared.config.user);
             let _ = self.run_sql(&sql).await;
         } else if matches!(messages::ready_status(&kept), Some(b'E')) {
             self.pending_reauthorize = false;
@@ -725,16 +724,11 @@ impl ClientIo {
         metrics: &super::metrics::Counters,
     ) -> Option<(u8, BytesMut)> {
         loop {
-            if self.input.len() >= 5 {
-                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
-                if len < 4 || len > self.max_message_size {
-                    return None;
-                }
-                if self.input.len() > len {
-                    let tag = self.input[0];
-                    self.input.advance(5);
-                    return Some((tag, self.input.split_to(len - 4)));
-                }
+            match self.buffered_message() {
+                Ok(Some(message)) => return Some(message),
+                Ok(None) => {}
+                // A bad length is not consumed: the message loop refuses it.
+                Err(_) => return None,
             }
             match self.socket.read(&mut self.input, timeout) {
                 Ok(0) | Err(_) => return None,

@@ -87,8 +87,13 @@ pub(crate) fn settings_query(user: &str) -> String {
     )
 }
 
+/// `SET SESSION AUTHORIZATION` to `role`, the one way the server changes the session's role.
+pub(crate) fn set_authorization_sql(role: &str) -> String {
+    format!("SET SESSION AUTHORIZATION {};", quote_literal(role))
+}
+
 /// The role PGlite's session is authenticated as (initdb's superuser).
-pub(crate) const BOOTSTRAP_SUPERUSER: &str = "postgres";
+const BOOTSTRAP_SUPERUSER: &str = "postgres";
 
 /// The pseudo-setting of a connection's `SET SESSION AUTHORIZATION` (see [`settings_query`]).
 const AUTHORIZATION: &str = "session_authorization";
@@ -103,10 +108,7 @@ const ROLE: &str = "role";
 pub(crate) fn apply_settings_sql(settings: &[(String, String)], user: &str) -> String {
     // Not `SET SESSION AUTHORIZATION DEFAULT`: in PGlite's single-user backend that keeps the
     // authorization it resets.
-    let mut sql = format!(
-        "RESET ALL; SET SESSION AUTHORIZATION {};",
-        quote_literal(BOOTSTRAP_SUPERUSER)
-    );
+    let mut sql = format!("RESET ALL; {}", set_authorization_sql(BOOTSTRAP_SUPERUSER));
     let (mut authorization, mut role) = (user, None);
     for (name, value) in settings {
         match name.as_str() {
@@ -120,10 +122,7 @@ pub(crate) fn apply_settings_sql(settings: &[(String, String)], user: &str) -> S
         }
     }
     if authorization != BOOTSTRAP_SUPERUSER {
-        sql.push_str(&format!(
-            "SET SESSION AUTHORIZATION {};",
-            quote_literal(authorization)
-        ));
+        sql.push_str(&set_authorization_sql(authorization));
     }
     if let Some(role) = role {
         sql.push_str(&format!("SET ROLE {};", quote_literal(role)));
