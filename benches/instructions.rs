@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench instructions             # needs valgrind (Debian: valgrind)
 //! cargo bench --bench instructions -- --n=4000 # more statements per count
+//! cargo bench --bench instructions -- --only=select1,pkselect   # a subset, by key
 //! ```
 //!
 //! Each workload runs twice in a child process under callgrind, counting only inside the engine's
@@ -27,10 +28,15 @@ const CHILD_ENV: &str = "PGLITE_HARNESS_INSTRUCTIONS_CHILD";
 /// Statements (or bulk rows) run before those counted.
 const WARM_UP: u64 = 500;
 
-const WORKLOADS: [(&str, &str); 4] = [
+const WORKLOADS: [(&str, &str); 6] = [
     ("select1", "prepared SELECT 1 (Bind/Execute/Sync)"),
     ("query", "simple-query SELECT 1 (Query)"),
     ("insert", "prepared single-row INSERT (Bind/Execute/Sync)"),
+    ("pkselect", "prepared SELECT by primary key, 25,000 rows"),
+    (
+        "update",
+        "prepared UPDATE by primary key, 25,000 rows, one transaction",
+    ),
     ("bulk", "a row of one INSERT ... SELECT FROM generate_series"),
 ];
 
@@ -43,6 +49,10 @@ fn main() {
     let n: u64 = std::env::args()
         .find_map(|a| a.strip_prefix("--n=").map(|v| v.parse().expect("--n=<count>")))
         .unwrap_or(2000);
+    let only: Option<Vec<String>> = std::env::args().find_map(|a| {
+        a.strip_prefix("--only=")
+            .map(|keys| keys.split(',').map(str::to_owned).collect())
+    });
     println!(
         "pglite-harness instructions per statement (callgrind, {WARM_UP} + {n} statements less {WARM_UP})\n"
     );
@@ -52,6 +62,9 @@ fn main() {
     }
     let me = std::env::current_exe().expect("own path");
     for (key, what) in WORKLOADS {
+        if only.as_ref().is_some_and(|keys| !keys.iter().any(|k| k == key)) {
+            continue;
+        }
         let count = |statements: u64| -> u64 {
             let out = Command::new("valgrind")
                 // Only what the backend thread runs for a batch: not the boot, nor the background
@@ -92,6 +105,25 @@ fn run(workload: &str, count: u64) {
             frontend::sync(m);
         }))
         .unwrap();
+    if matches!(workload, "pkselect" | "update") {
+        // The server bench's table: 25,000 rows, vacuumed and analyzed.
+        for sql in [
+            "CREATE TABLE rows(id int PRIMARY KEY, n int NOT NULL, body text NOT NULL);
+             INSERT INTO rows SELECT i, 0, 'row ' || i FROM generate_series(0, 24999) i;",
+            "VACUUM ANALYZE rows",
+        ] {
+            backend
+                .exec(&message(|m| frontend::query(sql, m).unwrap()))
+                .unwrap();
+        }
+        backend
+            .exec(&message(|m| {
+                frontend::parse("pk", "SELECT id, n, body FROM rows WHERE id = $1", [], m).unwrap();
+                frontend::parse("upd", "UPDATE rows SET n = n + 1 WHERE id = $1", [], m).unwrap();
+                frontend::sync(m);
+            }))
+            .unwrap();
+    }
     let select1 = execution("one", &[]);
     let query = message(|m| frontend::query("SELECT 1", m).unwrap());
     if workload == "bulk" {
@@ -102,11 +134,20 @@ fn run(workload: &str, count: u64) {
             .unwrap();
         return;
     }
+    if workload == "update" {
+        // All in one transaction, as the server bench's updates are.
+        backend
+            .exec(&message(|m| frontend::query("BEGIN", m).unwrap()))
+            .unwrap();
+    }
     for i in 0..count as i32 {
         let batch = match workload {
             "select1" => select1.clone(),
             "query" => query.clone(),
             "insert" => execution("ins", &[&i.to_be_bytes(), format!("row {i}").as_bytes()]),
+            // Ids scrambled as in the server bench (7919 is prime to 25,000).
+            "pkselect" => execution("pk", &[&((i as i64 * 7919 % 25_000) as i32).to_be_bytes()]),
+            "update" => execution("upd", &[&((i as i64 * 7919 % 25_000) as i32).to_be_bytes()]),
             other => panic!("unknown workload {other}"),
         };
         backend.exec(&batch).unwrap();
