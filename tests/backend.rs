@@ -384,15 +384,16 @@ fn startup_ssl_request_and_terminate_are_handled_by_the_host() {
 
 #[test]
 fn a_trap_marks_the_backend_dead_with_its_reason() {
-    // PGlite 0.5.16 ships encoding conversions whose imports the main module does not export:
-    // the first conversion traps. The backend reports it and refuses further work cleanly.
-    let mut db = Backend::builder().open().unwrap();
-    query(&mut db, "SET client_encoding = 'LATIN1'");
-    let err = db.simple_query("SELECT 'caf\u{e9}'").unwrap_err();
+    // A C extension whose code traps (here its _PG_init runs `unreachable`) ends the instance: the
+    // backend reports why and refuses further work cleanly.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Backend::builder().data_dir(dir.path()).open().unwrap();
+    std::fs::write(dir.path().join("trapping.so"), support::trapping_library()).unwrap();
+    let err = db.simple_query("LOAD '/pglite/data/trapping.so'").unwrap_err();
     let BackendError::Fatal { reason, .. } = &err else {
         panic!("expected Fatal, got {err}")
     };
-    assert!(reason.contains("pg_utf8_islegal"), "{reason}");
+    assert!(reason.contains("unreachable"), "{reason}");
     let err = db.simple_query("SELECT 1").unwrap_err();
     assert!(
         matches!(&err, BackendError::Dead { reason } if reason.contains("trapped")),
@@ -403,6 +404,25 @@ fn a_trap_marks_the_backend_dead_with_its_reason() {
     // Other backends are unaffected.
     let mut other = Backend::builder().open().unwrap();
     assert_eq!(scalar(&mut other, "SELECT 1"), "1");
+}
+
+#[test]
+fn an_encoding_conversion_pglite_cannot_run_is_an_error_and_the_backend_lives_on() {
+    // PGlite 0.5.16's conversion libraries import functions its main module does not export
+    // (pg_utf8_islegal): the call fails the statement as Postgres' feature_not_supported.
+    let mut db = Backend::builder().open().unwrap();
+    query(&mut db, "SET client_encoding = 'LATIN1'");
+    let out = db
+        .simple_query("SELECT convert_to('caf\u{e9}', 'LATIN1')")
+        .unwrap();
+    let error = out.error.expect("the conversion fails");
+    assert_eq!(error.code, "0A000", "{error}");
+    assert!(error.message.contains("pg_utf8_islegal"), "{error}");
+    // The same session carries on, in ASCII and back in UTF-8.
+    assert_eq!(scalar(&mut db, "SELECT 'still here'"), "still here");
+    query(&mut db, "SET client_encoding = 'UTF8'");
+    assert_eq!(scalar(&mut db, "SELECT 'caf\u{e9}'"), "caf\u{e9}");
+    assert!(db.dead_reason().is_none());
 }
 
 #[test]

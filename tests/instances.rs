@@ -1,6 +1,8 @@
 //! Many named instances in one process, through real sqlx connections: isolation, stop and start,
 //! config files, one dying while the others serve, health and metrics.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,20 +267,31 @@ async fn a_failed_start_is_reported_and_leaves_the_others_serving() {
     assert_eq!(count(&mut conn, "SELECT (41 + 1)::int8").await, 42);
 }
 
-/// Kills the backend of `name` for real: PGlite 0.5.16's encoding conversions import functions the
-/// main module does not export, so the first conversion traps.
-async fn kill(instances: &Instances, name: &str) {
+/// Kills the backend of `name`, whose data lives in `dir`, for real: it loads a C extension whose
+/// code traps (see `support::trapping_library`).
+async fn kill(instances: &Instances, name: &str, dir: &std::path::Path) {
+    std::fs::write(dir.join("trapping.so"), support::trapping_library()).unwrap();
     let mut conn = connect(instances, name).await;
-    let result = sqlx::raw_sql("SET client_encoding = 'LATIN1'; SELECT 'caf\u{e9}'")
+    let result = sqlx::raw_sql("LOAD '/pglite/data/trapping.so'")
         .execute(&mut conn)
         .await;
-    assert!(result.is_err(), "the conversion should kill the backend");
+    assert!(result.is_err(), "the trap should kill the backend");
+}
+
+/// An instance config keeping its data in `dir`.
+fn in_dir(dir: &tempfile::TempDir) -> InstanceConfig {
+    InstanceConfig {
+        data_dir: DataDir::Path(dir.path().to_owned()),
+        ..InstanceConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_killed_while_the_others_keep_serving() {
     let instances = Arc::new(Instances::new().health_timeout(Duration::from_secs(2)));
-    for name in ["victim", "left", "right"] {
+    let victim_dir = tempfile::tempdir().unwrap();
+    instances.start("victim", in_dir(&victim_dir)).unwrap();
+    for name in ["left", "right"] {
         instances.start(name, InstanceConfig::default()).unwrap();
     }
     let mut left = connect(&instances, "left").await;
@@ -287,14 +300,14 @@ async fn one_instance_killed_while_the_others_keep_serving() {
         .await
         .unwrap();
 
-    kill(&instances, "victim").await;
+    kill(&instances, "victim", victim_dir.path()).await;
 
     let registry = instances.clone();
     let health = blocking(move || registry.health("victim").unwrap()).await;
     let InstanceState::Failed { reason } = &health.state else {
         panic!("expected failed, got {health:?}")
     };
-    assert!(reason.contains("pg_utf8_islegal"), "{reason}");
+    assert!(reason.contains("unreachable"), "{reason}");
     assert!(!health.is_healthy());
     let after = PgConnection::connect(&instances.connection_info("victim").unwrap().url).await;
     let refused = match after {
@@ -313,7 +326,7 @@ async fn one_instance_killed_while_the_others_keep_serving() {
         assert!(health.is_healthy(), "{name}: {health:?}");
     }
 
-    // A restart brings the failed one back, empty (it was in memory).
+    // A restart brings the failed one back.
     let registry = instances.clone();
     blocking(move || registry.restart("victim")).await.unwrap();
     let mut victim = connect(&instances, "victim").await;
@@ -405,7 +418,8 @@ async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn health_and_metrics_are_scraped_over_http() {
     let instances = Arc::new(Instances::new().health_timeout(Duration::from_secs(2)));
     instances.start("app", InstanceConfig::default()).unwrap();
-    instances.start("other", InstanceConfig::default()).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    instances.start("other", in_dir(&other_dir)).unwrap();
     let admin = AdminServer::start("127.0.0.1:0", instances.clone()).unwrap();
     let mut conn = connect(&instances, "app").await;
     sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
@@ -431,12 +445,16 @@ async fn health_and_metrics_are_scraped_over_http() {
     assert!(text.contains("# HELP pglite_backend_busy_seconds_total "));
     assert!(text.contains("pglite_memory_bytes{instance=\"app\"} 1"));
     assert!(
-        !text.contains("pglite_data_dir_bytes{"),
+        !text.contains("pglite_data_dir_bytes{instance=\"app\"}"),
         "in-memory instances have no data dir size"
+    );
+    assert!(
+        text.contains("pglite_data_dir_bytes{instance=\"other\"}"),
+        "{text}"
     );
 
     drop(conn);
-    kill(&instances, "other").await;
+    kill(&instances, "other", other_dir.path()).await;
     let (status, body) = get(admin.local_addr(), "/health").await;
     assert_eq!(status, 503, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -446,7 +464,7 @@ async fn health_and_metrics_are_scraped_over_http() {
         json["instances"]["other"]["reason"]
             .as_str()
             .unwrap()
-            .contains("pg_utf8_islegal")
+            .contains("unreachable")
     );
     assert_eq!(json["instances"]["app"]["healthy"], true);
     let (_, text) = get(admin.local_addr(), "/metrics").await;

@@ -635,6 +635,28 @@ async fn each_connection_keeps_its_own_set_values() {
     assert_eq!(show(&a).await, "4MB");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversion_pglite_cannot_run_fails_that_statement_only() {
+    // PGlite's LATIN1 conversion needs a function its main module does not export: the statement
+    // fails with feature_not_supported, and neither the instance nor the connection is lost.
+    let server = start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    a.batch_execute("SET client_encoding = 'LATIN1'").await.unwrap();
+    let error = a
+        .simple_query("SELECT convert_to('caf\u{e9}', 'LATIN1')")
+        .await
+        .unwrap_err();
+    let db_error = error.as_db_error().expect("a Postgres error");
+    assert_eq!(db_error.code().code(), "0A000", "{db_error}");
+    assert!(db_error.message().contains("pg_utf8_islegal"), "{db_error}");
+    let one: i32 = b.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "another client is served");
+    a.batch_execute("SET client_encoding = 'UTF8'").await.unwrap();
+    let text: String = a.query_one("SELECT 'caf\u{e9}'", &[]).await.unwrap().get(0);
+    assert_eq!(text, "caf\u{e9}", "the client that failed carries on");
+}
+
 #[tokio::test]
 async fn a_non_utf8_client_encoding_is_refused_at_startup() {
     let server = start();

@@ -16,6 +16,7 @@ use wasmtime::{
 
 use super::Runtime;
 use super::guest;
+use super::guest_error;
 use super::imports::with_memory;
 use super::sjlj;
 use super::snapshot_file::{Decoder, Encoder, SnapshotFileError, invalid};
@@ -665,10 +666,13 @@ fn resolve_function(
             return Ok(f);
         }
     }
-    // Like Emscripten's lazy stubs: the library loads, and only a call to the symbol fails.
-    let (symbol, library) = (name.to_owned(), path.to_owned());
-    Ok(Func::new(&mut *c, ty, move |_, _, _| {
-        wasmtime::bail!("{library} called {symbol}, which PGlite does not provide")
+    // Like Emscripten's lazy stubs: the library loads, and only a call to the symbol fails. It
+    // fails as a Postgres ERROR in the calling statement, which the backend survives.
+    let message = format!(
+        "{path} needs {name}, which PGlite's main module does not export: this feature is unavailable in PGlite"
+    );
+    Ok(Func::new(&mut *c, ty, move |mut caller, _, _| {
+        Err(guest_error::raise(&mut caller, b"0A000", &message))
     }))
 }
 

@@ -7,6 +7,7 @@
 mod cache;
 mod dylink;
 pub(crate) mod guest;
+mod guest_error;
 mod imports;
 mod instance;
 mod interrupt;
