@@ -98,6 +98,9 @@ struct Connection {
     owner: Option<OwnedMutexGuard<()>>,
     /// Prepared statements this connection created (client names).
     prepared: HashSet<Vec<u8>>,
+    /// Why this connection's settings could not be put in force (see
+    /// [`Connection::apply_settings`]): it is closed with that error.
+    refused: Option<crate::backend::ServerMessage>,
 }
 
 /// The read half of a client socket (TCP or Unix).
@@ -147,6 +150,7 @@ pub(crate) async fn serve(
         prefix: format!("_c{id}_").into(),
         owner: None,
         prepared: HashSet::new(),
+        refused: None,
     };
     if let Ok(true) = conn.accept_startup(&parameters).await {
         let _ = conn.run().await;
@@ -160,7 +164,9 @@ impl Connection {
             .split(|&b| b == 0)
             .map(|s| String::from_utf8_lossy(s).into_owned());
         let (mut user, mut database) = (None, None);
-        let mut startup_settings = Vec::new();
+        // The `options` switches come first, so that a parameter of its own overrides them, as
+        // in Postgres.
+        let (mut option_settings, mut startup_settings) = (Vec::new(), Vec::new());
         while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
             if key.is_empty() {
                 break;
@@ -174,8 +180,17 @@ impl Connection {
                     self.fatal("22023", &message).await;
                     return Ok(false);
                 }
+                "options" => match session::options_settings(&value) {
+                    Ok(settings) => option_settings.extend(settings),
+                    Err(message) => {
+                        self.fatal("42601", &message).await;
+                        return Ok(false);
+                    }
+                },
                 // Sent by every driver with the server's own values; nothing to apply.
-                "client_encoding" | "replication" | "options" => {}
+                "client_encoding" | "replication" => {}
+                // Protocol options (`_pq_.*`), none of which this server implements.
+                _ if key.starts_with("_pq_.") => {}
                 _ if session::is_server_default(&key, &value) => {}
                 _ => startup_settings.push((key, value)),
             }
@@ -197,6 +212,11 @@ impl Connection {
             self.fatal("3D000", &message).await;
             return Ok(false);
         }
+        let startup_settings: Vec<(String, String)> = option_settings
+            .into_iter()
+            .filter(|(name, value)| !session::is_server_default(name, value))
+            .chain(startup_settings)
+            .collect();
         self.shared.settings().saved.insert(self.id, startup_settings);
         let mut out = BytesMut::new();
         if let Some(verifier) = &self.shared.verifier {
@@ -375,6 +395,11 @@ impl Connection {
                 continue;
             }
             let result = self.exec(&batch).await;
+            if let Some(error) = self.refused.take() {
+                // As Postgres refuses a connection whose startup settings it cannot apply.
+                self.fatal(&error.code, &error.message).await;
+                return Ok(());
+            }
             if let Err(e) = &result {
                 self.shared.metrics.observe(e);
             }
@@ -494,11 +519,16 @@ impl Connection {
     /// Puts this connection's session settings in force, after taking the backend. Settings
     /// change hands lazily: only when the last owner's differ (or were changed with SET, in which
     /// case they are first saved for it), so clients that never SET pay nothing.
-    async fn apply_settings(&mut self) -> Result<(), BackendError> {
+    ///
+    /// Returns the error of a setting the session refuses: one of the client's startup
+    /// parameters (checked here, at its first statement, rather than at connection start, which
+    /// would have to wait for the backend), or, rarely, a SET that no longer holds (a role
+    /// dropped since).
+    async fn apply_settings(&mut self) -> Result<Option<crate::backend::ServerMessage>, BackendError> {
         let (previous, dirty, applied, wanted) = {
             let state = self.shared.settings();
             if state.applied_for == Some(self.id) {
-                return Ok(());
+                return Ok(None);
             }
             let wanted = state.saved.get(&self.id).cloned().unwrap_or_default();
             (state.applied_for, state.dirty, state.applied.clone(), wanted)
@@ -519,13 +549,21 @@ impl Connection {
         }
         if dirty || wanted != applied {
             let sql = session::apply_settings_sql(&wanted, &self.shared.config.user);
-            self.run_sql(&sql).await?;
+            let reply = self.run_sql(&sql).await?;
+            if let Some(error) = crate::backend::SimpleQueryOutput::parse(&reply).error {
+                // The session holds part of them: the next owner's settings are applied afresh.
+                let mut state = self.shared.settings();
+                state.applied_for = None;
+                state.dirty = true;
+                state.saved.remove(&self.id);
+                return Ok(Some(error));
+            }
         }
         let mut state = self.shared.settings();
         state.applied_for = Some(self.id);
         state.applied = wanted;
         state.dirty = false;
-        Ok(())
+        Ok(None)
     }
 
     /// Runs SQL of the server's own on the owned backend.
@@ -549,7 +587,10 @@ impl Connection {
             let queued = std::time::Instant::now();
             self.owner = Some(self.shared.turn.clone().lock_owned().await);
             self.shared.metrics.waited(queued.elapsed());
-            self.apply_settings().await?;
+            if let Some(error) = self.apply_settings().await? {
+                self.refused = Some(error);
+                return Ok(Vec::new());
+            }
         }
         if std::mem::take(&mut self.needs_own_unnamed) {
             self.restore_unnamed()?;

@@ -237,6 +237,73 @@ pub(crate) fn is_server_default(name: &str, value: &str) -> bool {
     }
 }
 
+/// The settings a startup packet's `options` parameter (libpq's `PGOPTIONS`, sqlx's
+/// `PgConnectOptions::options`) gives, in order: its `-c name=value`, `-cname=value` and
+/// `--name=value` switches (dashes in a `--` name read as underscores), after splitting it at
+/// unescaped whitespace as Postgres does (`\` escapes the next character). Any other switch is
+/// refused with the message Postgres gives for an invalid one.
+pub(crate) fn options_settings(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_ascii_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(escaped) = chars.next() {
+                    word.push(escaped);
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let (switch, setting) = if let Some(long) = word.strip_prefix("--") {
+            ("--", Some(long.to_owned()))
+        } else if word == "-c" {
+            ("-c", words.next())
+        } else if let Some(short) = word.strip_prefix("-c") {
+            ("-c", Some(short.to_owned()))
+        } else {
+            return Err(format!(
+                "invalid command-line argument for server process: {word}"
+            ));
+        };
+        let Some(setting) = setting else {
+            return Err("-c requires a value".to_owned());
+        };
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(match switch {
+                "--" => format!("--{setting} requires a value"),
+                _ => format!("-c {setting} requires a value"),
+            });
+        };
+        let name = if switch == "--" {
+            name.replace('-', "_")
+        } else {
+            name.to_owned()
+        };
+        settings.push((name, value.to_owned()));
+    }
+    Ok(settings)
+}
+
 use super::messages::frames;
 pub(crate) use crate::backend::{quote_identifier, quote_literal};
 
@@ -288,6 +355,45 @@ pub(crate) fn changes_settings(reply: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_options_give_their_settings_as_postgres_reads_them() {
+        let settings = |options: &str| options_settings(options).unwrap();
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(settings(""), pairs(&[]));
+        assert_eq!(
+            settings("-c search_path=app  -cwork_mem=8MB\t--statement-timeout=5s"),
+            pairs(&[
+                ("search_path", "app"),
+                ("work_mem", "8MB"),
+                ("statement_timeout", "5s")
+            ])
+        );
+        // A backslash escapes the next character: a space inside a value, a backslash itself.
+        assert_eq!(
+            settings(r"-c application_name=my\ app -c search_path=a\\b"),
+            pairs(&[("application_name", "my app"), ("search_path", r"a\b")])
+        );
+        assert_eq!(settings("-c x.y=1=2"), pairs(&[("x.y", "1=2")]));
+    }
+
+    #[test]
+    fn startup_options_other_than_settings_are_refused_with_postgres_messages() {
+        let refused = |options: &str| options_settings(options).unwrap_err();
+        assert_eq!(
+            refused("-e"),
+            "invalid command-line argument for server process: -e"
+        );
+        assert_eq!(
+            refused("search_path=x"),
+            "invalid command-line argument for server process: search_path=x"
+        );
+        assert_eq!(refused("-c"), "-c requires a value");
+        assert_eq!(refused("-c work_mem"), "-c work_mem requires a value");
+        assert_eq!(refused("--work-mem"), "--work-mem requires a value");
+    }
 
     #[test]
     fn settings_are_set_as_the_superuser_and_the_connections_role_comes_last() {
