@@ -311,6 +311,83 @@ async fn discard_all_and_deallocate_all_act_on_the_clients_own_statements_only()
     client.batch_execute("ROLLBACK").await.unwrap();
 }
 
+/// The SQLSTATE `sql` fails with.
+async fn error_code(client: &tokio_postgres::Client, sql: &str) -> String {
+    let err = client.batch_execute(sql).await.unwrap_err();
+    err.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| panic!("{sql}: {err}"))
+}
+
+/// Leaves, and waits until the server has seen it go (its clean-up runs after the socket closes).
+async fn leave(server: &Server, client: tokio_postgres::Client) {
+    let before = server.metrics().connections_open;
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metrics().connections_open >= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not see the client go"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_next_client_after_the_last_one_left_gets_a_fresh_session() {
+    let server = start();
+    let first = connect(&server).await;
+    first
+        .batch_execute(
+            "CREATE TABLE kept(x int); CREATE TEMP TABLE scratch(x int); \
+             PREPARE sql_statement AS SELECT 1; SELECT pg_advisory_lock(7); \
+             BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 1; COMMIT;",
+        )
+        .await
+        .unwrap();
+    leave(&server, first).await;
+
+    // As if each had a server of its own: what the session held for the first is gone ...
+    let next = connect(&server).await;
+    assert_eq!(error_code(&next, "SELECT * FROM scratch").await, "42P01");
+    assert_eq!(error_code(&next, "EXECUTE sql_statement").await, "26000");
+    assert_eq!(error_code(&next, "FETCH held").await, "34000");
+    let locks: i64 = next
+        .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0, "advisory locks are released");
+    // ... and what it committed stays.
+    next.batch_execute("SELECT * FROM kept").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_wide_state_lives_while_another_client_is_connected() {
+    // The documented limit of one shared session: temporary tables and SQL-level prepared
+    // statements belong to it, not to the client that made them, until the last client leaves.
+    let server = start();
+    let stays = connect(&server).await;
+    let maker = connect(&server).await;
+    maker
+        .batch_execute("CREATE TEMP TABLE scratch(x int); PREPARE sql_statement AS SELECT 1")
+        .await
+        .unwrap();
+    leave(&server, maker).await;
+    stays
+        .batch_execute("SELECT * FROM scratch; EXECUTE sql_statement")
+        .await
+        .unwrap();
+    // DEALLOCATE ALL from one of several clients leaves SQL-level statements alone; from the
+    // only client it drops them, as on a server of its own.
+    let other = connect(&server).await;
+    stays.batch_execute("DEALLOCATE ALL").await.unwrap();
+    stays.batch_execute("EXECUTE sql_statement").await.unwrap();
+    leave(&server, other).await;
+    stays.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(error_code(&stays, "EXECUTE sql_statement").await, "26000");
+}
+
 /// A client speaking the protocol itself: what it sends, and the messages it reads back up to
 /// ReadyForQuery, as (type, body) pairs.
 struct RawClient(tokio::net::TcpStream);

@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     pub next_id: AtomicU32,
     /// Traffic counters and the backend's death, for health checks and metrics.
     pub metrics: Arc<super::metrics::Counters>,
+    /// Connections past their startup and not yet gone: when the last leaves, the session is
+    /// reset for whoever comes next (see [`Connection::clean_up`]).
+    pub clients: std::cell::Cell<usize>,
 }
 
 /// The client's socket and the bytes read from it but not yet taken.
@@ -153,9 +156,15 @@ pub(crate) async fn serve(
         refused: None,
     };
     if let Ok(true) = conn.accept_startup(&parameters).await {
+        let clients = &conn.shared.clients;
+        clients.set(clients.get() + 1);
         let _ = conn.run().await;
+        let clients = &conn.shared.clients;
+        clients.set(clients.get() - 1);
+        conn.clean_up(true).await;
+    } else {
+        conn.clean_up(false).await;
     }
-    conn.clean_up().await;
 }
 
 impl Connection {
@@ -434,7 +443,8 @@ impl Connection {
     }
 
     /// Puts into `batch`, in place of a client's `DISCARD ALL` or `DEALLOCATE ALL`, what that
-    /// does to this connection's share of the shared session: its prepared statements closed,
+    /// does to this connection's share of the shared session: its prepared statements closed
+    /// (those of SQL `PREPARE` too when it is the only client),
     /// and for DISCARD ALL the rest of it (its LISTENs ended, settings reset, role restored; the
     /// session-wide parts — plans, temporary tables, sequences, advisory locks — as the real
     /// command does). The client is answered as if by the command itself.
@@ -454,6 +464,11 @@ impl Connection {
                 self.pending_listen.push(session::ListenCommand::UnlistenAll);
                 self.pending_reauthorize = true;
             }
+        }
+        // Statements prepared with SQL PREPARE share one namespace, whose owners are not known:
+        // with no other client connected, they are this one's, and go as on a server of its own.
+        if self.shared.clients.get() == 1 {
+            let _ = postgres_protocol::message::frontend::query("DEALLOCATE ALL", batch);
         }
         self.answer_as = Some(command);
     }
@@ -637,10 +652,14 @@ impl Connection {
     }
 
     /// Leaves nothing behind for the next client: an open transaction is rolled back and the
-    /// connection's prepared statements are closed.
-    async fn clean_up(&mut self) {
+    /// connection's prepared statements are closed. When the last client that was `served`
+    /// (past its startup) leaves, what the session holds for all of them goes too, as it would
+    /// with their sessions on a server of their own: temporary tables, SQL `PREPARE`d statements,
+    /// advisory locks, cursors, cached plans (`DISCARD ALL`).
+    async fn clean_up(&mut self, served: bool) {
         // Whether the client left inside a transaction: it still owns the backend then.
         let in_transaction = self.owner.is_some();
+        let maybe_last = served && self.shared.clients.get() == 0;
         self.shared.cancels.forget(self.id);
         self.shared
             .mailboxes
@@ -662,18 +681,25 @@ impl Connection {
             state.saved.remove(&self.id);
             state.applied_for == Some(self.id)
         };
-        if !in_transaction && self.prepared.is_empty() && abandoned.is_empty() && !settings_in_force {
+        if !in_transaction
+            && self.prepared.is_empty()
+            && abandoned.is_empty()
+            && !settings_in_force
+            && !maybe_last
+        {
             return;
         }
         if self.owner.is_none() {
             self.owner = Some(self.shared.turn.clone().lock_owned().await);
         }
+        // Still the last once the backend is ours? A client may have come meanwhile.
+        let last = maybe_last && self.shared.clients.get() == 0;
         // Whose settings are in force only changes while the backend is owned: decide now.
         let reset_settings = {
             let mut state = self.shared.settings();
             let mine = state.applied_for == Some(self.id);
-            let reset = mine && (state.dirty || !state.applied.is_empty());
-            if mine {
+            let reset = last || (mine && (state.dirty || !state.applied.is_empty()));
+            if mine || last {
                 state.applied_for = None;
                 state.applied.clear();
                 state.dirty = false;
@@ -683,6 +709,11 @@ impl Connection {
         let mut cleanup = BytesMut::new();
         if in_transaction {
             let _ = postgres_protocol::message::frontend::query("ROLLBACK", &mut cleanup);
+        }
+        if last {
+            // Outside any transaction block, as it must run. It also resets settings and
+            // authorization, which the settings reset below then puts right for PGlite.
+            let _ = postgres_protocol::message::frontend::query("DISCARD ALL", &mut cleanup);
         }
         if reset_settings {
             let sql = session::apply_settings_sql(&[], &self.shared.config.user);

@@ -339,6 +339,7 @@ impl Serving {
             config: self.config.clone(),
             next_id: AtomicU32::new(1),
             metrics: self.counters.clone(),
+            clients: std::cell::Cell::new(0),
         });
         let tasks = tokio::task::LocalSet::new();
         tasks.block_on(&runtime, self.serve(shared.clone()));
