@@ -17,6 +17,23 @@ pub struct NativePostgres {
     dir: tempfile::TempDir,
 }
 
+/// The directory of the native PostgreSQL 18.6 programs (`postgres`, `psql`, `pgbench`, ...),
+/// installed by `scripts/native-postgres` if missing.
+pub fn bindir() -> Result<PathBuf, String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
+    let output = Command::new(&script)
+        .arg("bindir")
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "native-postgres bindir failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
 impl NativePostgres {
     /// Starts a fresh cluster with `settings` (`name=value`).
     pub fn start(settings: &[&str]) -> Result<NativePostgres, String> {
