@@ -735,6 +735,70 @@ async fn a_conversion_pglite_cannot_run_fails_that_statement_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_changed_by_set_config_hold_for_that_connection_only() {
+    let server = start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    // Called in a query ...
+    a.batch_execute("SELECT set_config('work_mem', '7MB', false)")
+        .await
+        .unwrap();
+    assert_eq!(show(&b).await, "4MB");
+    assert_eq!(show(&a).await, "7MB");
+    // ... through a prepared statement, executed again later ...
+    let set = a
+        .prepare("SELECT set_config('work_mem', $1, false)")
+        .await
+        .unwrap();
+    for value in ["8MB", "9MB"] {
+        a.query_one(&set, &[&value]).await.unwrap();
+        assert_eq!(show(&b).await, "4MB", "b after a set {value}");
+        assert_eq!(show(&a).await, value);
+    }
+    // ... and inside a function, for a setting the server is told of (search_path).
+    a.batch_execute(
+        "CREATE SCHEMA app; \
+         CREATE FUNCTION use_app() RETURNS void LANGUAGE plpgsql \
+           AS $$ BEGIN PERFORM set_config('search_path', 'app, public', false); END $$; \
+         SELECT use_app()",
+    )
+    .await
+    .unwrap();
+    let path = |client| async move {
+        let row = tokio_postgres::Client::query_one(client, "SHOW search_path", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    assert_eq!(path(&b).await, "public", "PGlite's default");
+    assert_eq!(path(&a).await, "app, public");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_list_setting_comes_back_as_the_list_it_was() {
+    let server = start();
+    let a = connect(&server).await;
+    a.batch_execute("CREATE SCHEMA app; CREATE TABLE app.items(x int); INSERT INTO app.items VALUES (1)")
+        .await
+        .unwrap();
+    a.batch_execute("SET search_path = public, app").await.unwrap();
+    // Another connection takes the backend, and with it the session's settings, in between.
+    let b = connect(&server).await;
+    b.batch_execute("SET search_path = public").await.unwrap();
+    let path: String = a.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path, "public, app", "two schemas, not one named \"public, app\"");
+    let n: i32 = a.query_one("SELECT x FROM items", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // The same for a list given at startup.
+    let mut config: tokio_postgres::Config = server.url().parse().unwrap();
+    config.options("-c search_path=app,public");
+    let (c, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let n: i32 = c.query_one("SELECT x FROM items", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn startup_options_are_in_force_for_that_connection() {
     use sqlx::ConnectOptions;
     let server = start();

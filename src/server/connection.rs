@@ -101,6 +101,11 @@ struct Connection {
     owner: Option<OwnedMutexGuard<()>>,
     /// Prepared statements this connection created (client names).
     prepared: HashSet<Vec<u8>>,
+    /// Whether the batch being run may change settings without a SET (see
+    /// [`Connection::note_set_config`]).
+    settings_may_change: bool,
+    /// This client's prepared statements that call `set_config` (client names).
+    set_config_statements: HashSet<Vec<u8>>,
     /// Why this connection's settings could not be put in force (see
     /// [`Connection::apply_settings`]): it is closed with that error.
     refused: Option<crate::backend::ServerMessage>,
@@ -154,6 +159,8 @@ pub(crate) async fn serve(
         owner: None,
         prepared: HashSet::new(),
         refused: None,
+        settings_may_change: false,
+        set_config_statements: HashSet::new(),
     };
     if let Ok(true) = conn.accept_startup(&parameters).await {
         let clients = &conn.shared.clients;
@@ -369,6 +376,7 @@ impl Connection {
                 self.pending_listen.extend(session::listen_commands(sql));
                 self.pending_reauthorize |= session::resets_authorization(sql);
             }
+            self.note_set_config(tag, &body, sql.as_deref());
             match messages::unnamed_statement(tag, &body) {
                 messages::UnnamedStatement::Parsed => {
                     let mut parse = BytesMut::new();
@@ -473,12 +481,40 @@ impl Connection {
         self.answer_as = Some(command);
     }
 
+    /// Notes whether the batch may change settings through `set_config`, which no command tag
+    /// reports: a Query calling it, or a Bind of a statement whose Parse (`sql`, if it was read)
+    /// calls it.
+    fn note_set_config(&mut self, tag: u8, body: &[u8], sql: Option<&str>) {
+        let calls_set_config = sql.is_some_and(session::calls_set_config);
+        match tag {
+            b'Q' => self.settings_may_change |= calls_set_config,
+            b'P' => {
+                let name = messages::cstr(body, 0)
+                    .map(|(name, _)| name.to_vec())
+                    .unwrap_or_default();
+                if calls_set_config {
+                    self.set_config_statements.insert(name);
+                } else if !self.set_config_statements.is_empty() {
+                    self.set_config_statements.remove(&name);
+                }
+            }
+            b'B' if !self.set_config_statements.is_empty() => {
+                let statement = messages::cstr(body, 0)
+                    .and_then(|(_, at)| messages::cstr(body, at))
+                    .map(|(name, _)| name);
+                self.settings_may_change |=
+                    statement.is_some_and(|name| self.set_config_statements.contains(name));
+            }
+            _ => {}
+        }
+    }
+
     /// Routes notifications out of `reply`, records LISTEN/UNLISTEN and SET effects, and
     /// returns what is left for this client.
     async fn after_exec(&mut self, reply: Vec<u8>) -> Vec<u8> {
         let (kept, notes) = session::take_notifications(reply);
         self.shared.deliver(notes);
-        if session::changes_settings(&kept) {
+        if std::mem::take(&mut self.settings_may_change) || session::changes_settings(&kept) {
             self.shared.settings().dirty = true;
         }
         let mut relisten = Vec::new();
@@ -873,7 +909,7 @@ async fn send_fatal(writer: &Mutex<ClientWriter>, code: &str, message: &str) {
 }
 
 /// The SQL text of a Query or Parse message that may hold a LISTEN, UNLISTEN, DISCARD,
-/// DEALLOCATE or change of session authorization.
+/// DEALLOCATE, change of session authorization or call of `set_config`.
 fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = match tag {
         b'Q' => body,
@@ -884,7 +920,13 @@ fn statement_text(tag: u8, body: &[u8]) -> Option<String> {
     let text = &text[..end];
     // Only those matter here: skip the copy and the parse for every other statement. One pass,
     // trying a keyword only where its first letter is.
-    const KEYWORDS: [&[u8]; 4] = [b"listen", b"discard", b"authorization", b"deallocate"];
+    const KEYWORDS: [&[u8]; 5] = [
+        b"listen",
+        b"discard",
+        b"authorization",
+        b"deallocate",
+        b"set_config",
+    ];
     let mentions_one = (0..text.len()).any(|at| {
         let first = text[at].to_ascii_lowercase();
         KEYWORDS.iter().any(|word| {

@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 /// Reads a NUL-terminated string at `at`; returns it and the offset after its NUL.
-fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+pub(crate) fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let len = body.get(at..)?.iter().position(|&b| b == 0)?;
     Some((&body[at..at + len], at + len + 1))
 }

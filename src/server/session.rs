@@ -75,12 +75,14 @@ pub(crate) fn resets_authorization(sql: &str) -> bool {
 }
 
 /// The query that reads back a connection's share of the session: the settings it changed with
-/// SET, then its authorization (`SET SESSION AUTHORIZATION`) and role (`SET ROLE`) where they
+/// SET (but the current transaction's own, which its defaults give each transaction), then its
+/// authorization (`SET SESSION AUTHORIZATION`) and role (`SET ROLE`) where they
 /// are not the instance's `user` and no role. Those two are not settings RESET ALL touches or
 /// `pg_settings` shows, so they are read as pseudo-settings named after their GUCs.
 pub(crate) fn settings_query(user: &str) -> String {
     format!(
         "SELECT name, setting FROM pg_settings WHERE source = 'session' AND context IN ('user', 'superuser') \
+         AND name NOT IN ('transaction_isolation', 'transaction_read_only', 'transaction_deferrable') \
          UNION ALL SELECT '{AUTHORIZATION}', session_user WHERE session_user <> {} \
          UNION ALL SELECT '{ROLE}', current_setting('role') WHERE current_setting('role') <> 'none'",
         quote_literal(user)
@@ -110,16 +112,23 @@ pub(crate) fn apply_settings_sql(settings: &[(String, String)], user: &str) -> S
     // authorization it resets.
     let mut sql = format!("RESET ALL; {}", set_authorization_sql(BOOTSTRAP_SUPERUSER));
     let (mut authorization, mut role) = (user, None);
+    // set_config, not SET: it reads the value as a setting's text, so that a list (search_path
+    // = 'public, app') is the list again, where `SET search_path = 'public, app'` would make it
+    // one schema named "public, app".
+    let mut set_configs = Vec::new();
     for (name, value) in settings {
         match name.as_str() {
             AUTHORIZATION => authorization = value,
             ROLE => role = Some(value),
-            _ => sql.push_str(&format!(
-                "SET {} = {};",
-                quote_identifier(name),
+            _ => set_configs.push(format!(
+                "set_config({}, {}, false)",
+                quote_literal(name),
                 quote_literal(value)
             )),
         }
+    }
+    if !set_configs.is_empty() {
+        sql.push_str(&format!("SELECT {};", set_configs.join(", ")));
     }
     if authorization != BOOTSTRAP_SUPERUSER {
         sql.push_str(&set_authorization_sql(authorization));
@@ -344,12 +353,20 @@ fn has_message(reply: &[u8], tag: u8) -> bool {
     frames(reply).any(|(kind, _, _)| kind == tag)
 }
 
-/// Whether a reply reports a statement that changes session settings.
+/// Whether a reply reports a change of session settings: a SET, RESET or DISCARD statement, or
+/// a ParameterStatus (a reported setting changed by any means, `set_config` in a function too).
 pub(crate) fn changes_settings(reply: &[u8]) -> bool {
     frames(reply).any(|(kind, tag, _)| {
-        kind == b'C'
-            && (tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") || tag.starts_with(b"DISCARD"))
+        kind == b'S'
+            || kind == b'C'
+                && (tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") || tag.starts_with(b"DISCARD"))
     })
+}
+
+/// Whether `sql` calls `set_config`, which changes a setting as SET does, without its command
+/// tag.
+pub(crate) fn calls_set_config(sql: &str) -> bool {
+    sql.to_ascii_lowercase().contains("set_config")
 }
 
 #[cfg(test)]
@@ -418,7 +435,7 @@ mod tests {
         ]);
         assert_eq!(
             apply_settings_sql(&settings, "app"),
-            "RESET ALL; SET SESSION AUTHORIZATION 'postgres';SET \"work_mem\" = '7MB';\
+            "RESET ALL; SET SESSION AUTHORIZATION 'postgres';SELECT set_config('work_mem', '7MB', false);\
              SET SESSION AUTHORIZATION 'bob';SET ROLE 'carol';"
         );
     }
