@@ -7,7 +7,7 @@
 //! this says so and exits successfully.
 //!
 //! Each test runs as pg_regress runs it (`psql -X -a -q`, the test file on standard input, its
-//! session settings), one after another in the order of PostgreSQL's `parallel_schedule`, each
+//! session settings), in the order of PostgreSQL's `parallel_schedule`, one after another, each
 //! test in a connection of its own. The COPY data files become the INSERT loaders the prepared
 //! test files `\i`. A test passes when its output equals `expected/NAME.out` or one of its
 //! alternatives (`NAME_1.out`, ...); the output of every failing test is kept under
@@ -17,7 +17,12 @@
 //! cargo bench --bench regress                          # PGlite and native, every test
 //! cargo bench --bench regress -- --pglite-only         # PGlite only
 //! cargo bench --bench regress -- --only=test_setup,json,jsonb
+//! cargo bench --bench regress -- --parallel            # each group's tests at once
 //! ```
+//!
+//! With `--parallel`, each group's tests run at once, as pg_regress runs them: many clients
+//! sharing the one PGlite session. Tests of a group that make temporary tables, or statements
+//! with SQL `PREPARE`, of the same name then meet (the documented limit of the shared session).
 
 mod support;
 
@@ -38,50 +43,36 @@ const DATABASE: &str = "regression";
 /// Longest a single test may run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The tests in the order of PostgreSQL 18's `parallel_schedule`, its groups run one test after
-/// another (tests depend on objects earlier groups create). Tests of the data directory missing
-/// here run last, in name order.
-const SCHEDULE: &str = "
-    test_setup
-    boolean char name varchar text int2 int4 int8 oid float4 float8 bit numeric txid uuid enum
-    money rangetypes pg_lsn regproc
-    strings md5 numerology point lseg line box path polygon circle date time timetz timestamp
-    timestamptz interval inet macaddr macaddr8 multirangetypes
-    geometry tstypes horology regex type_sanity opr_sanity misc_sanity comments expressions
-    unicode xid mvcc database stats_import
-    copy copyselect copydml copyencoding insert insert_conflict
-    create_function_c create_misc create_operator create_procedure create_table create_type
-    create_schema
-    create_index create_index_spgist create_view index_including index_including_gist
-    create_aggregate create_function_sql create_cast constraints triggers select inherit
-    typed_table vacuum drop_if_exists updatable_views roleattributes create_am hash_func errors
-    infinite_recurse
-    sanity_check
-    select_into select_distinct select_distinct_on select_implicit select_having subselect union
-    case join aggregates transactions random portals arrays btree_index hash_index update delete
-    namespace prepared_xacts
-    brin gin gist spgist privileges init_privs security_label collate matview lock
-    replica_identity rowsecurity object_address tablesample groupingsets drop_operator password
-    identity generated_stored join_hash
-    brin_bloom brin_multi
-    create_table_like alter_generic alter_operator misc async dbsize merge misc_functions sysviews
-    tsrf tid tidscan tidrangescan collate.utf8 collate.icu.utf8 incremental_sort create_role
-    without_overlaps generated_virtual
-    rules psql psql_crosstab amutils stats_ext collate.linux.utf8 collate.windows.win1252
-    select_parallel write_parallel vacuum_parallel
-    publication subscription
-    select_views portals_p2 foreign_key cluster dependency guc bitmapops combocid tsearch tsdicts
-    foreign_data window xmlmap functional_deps advisory_lock indirect_toast equivclass
-    stats_rewrite
-    json jsonb json_encoding jsonpath jsonpath_encoding jsonb_jsonpath sqljson
-    sqljson_queryfuncs sqljson_jsontable
-    plancache limit plpgsql copy2 temp domain rangefuncs prepare conversion truncate alter_table
-    sequence polymorphism rowtypes returning largeobject with xml
-    partition_merge partition_split partition_join partition_prune reloptions hash_part indexing
-    partition_aggregate partition_info tuplesort explain compression memoize stats predicate numa
-    eager_aggregate planner_est
-    oidjoins event_trigger event_trigger_login fast_default tablespace
-";
+/// The groups of PostgreSQL 18's `parallel_schedule`, in order: tests depend on objects earlier
+/// groups create. Tests of the data directory missing here run last, one by one, in name order.
+const SCHEDULE: &[&str] = &[
+    "test_setup",
+    "boolean char name varchar text int2 int4 int8 oid float4 float8 bit numeric txid uuid enum money rangetypes pg_lsn regproc",
+    "strings md5 numerology point lseg line box path polygon circle date time timetz timestamp timestamptz interval inet macaddr macaddr8 multirangetypes",
+    "geometry tstypes horology regex type_sanity opr_sanity misc_sanity comments expressions unicode xid mvcc database stats_import",
+    "copy copyselect copydml copyencoding insert insert_conflict",
+    "create_function_c create_misc create_operator create_procedure create_table create_type create_schema",
+    "create_index create_index_spgist create_view index_including index_including_gist",
+    "create_aggregate create_function_sql create_cast constraints triggers select inherit typed_table vacuum drop_if_exists updatable_views roleattributes create_am hash_func errors infinite_recurse",
+    "sanity_check",
+    "select_into select_distinct select_distinct_on select_implicit select_having subselect union case join aggregates transactions random portals arrays btree_index hash_index update delete namespace prepared_xacts",
+    "brin gin gist spgist privileges init_privs security_label collate matview lock replica_identity rowsecurity object_address tablesample groupingsets drop_operator password identity generated_stored join_hash",
+    "brin_bloom brin_multi",
+    "create_table_like alter_generic alter_operator misc async dbsize merge misc_functions sysviews tsrf tid tidscan tidrangescan collate.utf8 collate.icu.utf8 incremental_sort create_role without_overlaps generated_virtual",
+    "rules psql psql_crosstab amutils stats_ext collate.linux.utf8 collate.windows.win1252",
+    "select_parallel",
+    "write_parallel",
+    "vacuum_parallel",
+    "publication subscription",
+    "select_views portals_p2 foreign_key cluster dependency guc bitmapops combocid tsearch tsdicts foreign_data window xmlmap functional_deps advisory_lock indirect_toast equivclass stats_rewrite",
+    "json jsonb json_encoding jsonpath jsonpath_encoding jsonb_jsonpath sqljson sqljson_queryfuncs sqljson_jsontable",
+    "plancache limit plpgsql copy2 temp domain rangefuncs prepare conversion truncate alter_table sequence polymorphism rowtypes returning largeobject with xml",
+    "partition_merge partition_split partition_join partition_prune reloptions hash_part indexing partition_aggregate partition_info tuplesort explain compression memoize stats predicate numa eager_aggregate planner_est",
+    "oidjoins event_trigger",
+    "event_trigger_login",
+    "fast_default",
+    "tablespace",
+];
 
 /// The settings pg_regress gives every test's session.
 const SESSION_OPTIONS: &str = "-c intervalstyle=postgres_verbose -c lc_messages=C -c lc_monetary=C \
@@ -93,7 +84,15 @@ fn main() {
             .map(|names| names.split(',').map(str::to_owned).collect())
     });
     let pglite_only = std::env::args().any(|a| a == "--pglite-only");
-    println!("pglite-harness regression suite: PostgreSQL 18's tests through psql 18\n");
+    let parallel = std::env::args().any(|a| a == "--parallel");
+    println!(
+        "pglite-harness regression suite: PostgreSQL 18's tests through psql 18, {}\n",
+        if parallel {
+            "each group's tests at once"
+        } else {
+            "one test after another"
+        }
+    );
 
     let data = std::env::var_os(DATA_DIR_ENV)
         .map(PathBuf::from)
@@ -116,13 +115,20 @@ fn main() {
     let _ = std::fs::remove_dir_all(&work);
     let loaders = work.join("loaders");
     write_loaders(&data.join("data"), &loaders).expect("the COPY data files become loaders");
-    let tests = schedule(&data, only.as_deref());
+    let groups = schedule(&data, only.as_deref());
+    let tests = groups.iter().map(Vec::len).sum::<usize>();
     let suite = Suite { psql, data, loaders };
 
     let server = Server::builder()
         .start(Backend::builder().database(DATABASE).open().unwrap())
         .unwrap();
-    let pglite = suite.run("PGlite", server.local_addr().port(), &tests, &work.join("pglite"));
+    let pglite = suite.run(
+        "PGlite",
+        server.local_addr().port(),
+        &groups,
+        parallel,
+        &work.join("pglite"),
+    );
     drop(server);
 
     let native = if pglite_only {
@@ -137,7 +143,7 @@ fn main() {
                     .args(["-c", &format!("CREATE DATABASE {DATABASE}")])
                     .status();
                 assert!(created.is_ok_and(|s| s.success()), "CREATE DATABASE on native");
-                Some(suite.run("native", native.port, &tests, &work.join("native")))
+                Some(suite.run("native", native.port, &groups, parallel, &work.join("native")))
             }
             Err(e) => {
                 println!("native PostgreSQL baseline unavailable: {e}");
@@ -152,8 +158,8 @@ fn main() {
         let failed: Vec<&str> = outcome.failed.keys().map(String::as_str).collect();
         println!(
             "{who:<7} {} of {} tests give their expected output ({:.1} s){}",
-            tests.len() - failed.len(),
-            tests.len(),
+            tests - failed.len(),
+            tests,
             outcome.took.as_secs_f64(),
             if failed.is_empty() {
                 String::new()
@@ -181,28 +187,28 @@ struct Outcome {
 }
 
 impl Suite {
-    /// Runs `tests` against the server on `port`, keeping the output of each failure in `out`.
-    fn run(&self, who: &str, port: u16, tests: &[String], out: &Path) -> Outcome {
+    /// Runs the `groups` of tests against the server on `port`, the tests of a group one after
+    /// another or, if `parallel`, all at once (each in a connection of its own, as pg_regress
+    /// does), keeping the output of each failure in `out`.
+    fn run(&self, who: &str, port: u16, groups: &[Vec<String>], parallel: bool, out: &Path) -> Outcome {
         std::fs::create_dir_all(out).unwrap();
         let started = Instant::now();
         let mut failed = BTreeMap::new();
-        for test in tests {
-            let result = out.join(format!("{test}.out"));
-            self.run_test(port, test, &result);
-            let output = std::fs::read_to_string(&result).unwrap_or_default();
-            match self.check(test, &output) {
-                Ok(()) => std::fs::remove_file(&result).unwrap(),
-                Err(difference) => {
-                    println!("{who}: {test} differs: {difference}");
-                    let expected = self.data.join("expected").join(format!("{test}.out"));
-                    if let Ok(diff) = Command::new("diff")
-                        .arg("-u")
-                        .arg(&expected)
-                        .arg(&result)
-                        .output()
-                    {
-                        std::fs::write(out.join(format!("{test}.diff")), diff.stdout).unwrap();
+        let result_of = |test: &str| out.join(format!("{test}.out"));
+        for group in groups {
+            if parallel {
+                std::thread::scope(|scope| {
+                    for test in group {
+                        scope.spawn(|| self.run_test(port, test, &result_of(test)));
                     }
+                });
+            } else {
+                for test in group {
+                    self.run_test(port, test, &result_of(test));
+                }
+            }
+            for test in group {
+                if let Err(difference) = self.outcome(who, test, &result_of(test), out) {
                     failed.insert(test.clone(), difference);
                 }
             }
@@ -211,6 +217,23 @@ impl Suite {
             failed,
             took: started.elapsed(),
         }
+    }
+
+    /// Checks the output `result` of `test`: removed if right, else kept, with a diff, in `out`.
+    fn outcome(&self, who: &str, test: &str, result: &Path, out: &Path) -> Result<(), String> {
+        let output = std::fs::read_to_string(result).unwrap_or_default();
+        let checked = self.check(test, &output);
+        match &checked {
+            Ok(()) => std::fs::remove_file(result).unwrap(),
+            Err(difference) => {
+                println!("{who}: {test} differs: {difference}");
+                let expected = self.data.join("expected").join(format!("{test}.out"));
+                if let Ok(diff) = Command::new("diff").arg("-u").arg(&expected).arg(result).output() {
+                    std::fs::write(out.join(format!("{test}.diff")), diff.stdout).unwrap();
+                }
+            }
+        }
+        checked
     }
 
     /// Runs `test` with `psql -X -a -q` as pg_regress would, its output (standard output and
@@ -304,8 +327,9 @@ fn expected_files(dir: &Path, test: &str) -> Vec<PathBuf> {
     files
 }
 
-/// The tests to run: those of the schedule the data has, then the data's others.
-fn schedule(data: &Path, only: Option<&[String]>) -> Vec<String> {
+/// The tests to run, in groups: the schedule's, with the tests the data has, then each of the
+/// data's other tests alone.
+fn schedule(data: &Path, only: Option<&[String]>) -> Vec<Vec<String>> {
     let mut present: Vec<String> = std::fs::read_dir(data.join("sql"))
         .unwrap()
         .filter_map(|e| {
@@ -314,17 +338,25 @@ fn schedule(data: &Path, only: Option<&[String]>) -> Vec<String> {
         })
         .collect();
     present.sort();
-    let mut tests: Vec<String> = SCHEDULE
-        .split_whitespace()
-        .filter(|t| present.iter().any(|p| p == t))
-        .map(str::to_owned)
+    let wanted = |test: &String| only.is_none_or(|only| only.contains(test));
+    let mut groups: Vec<Vec<String>> = SCHEDULE
+        .iter()
+        .map(|group| {
+            group
+                .split_whitespace()
+                .map(str::to_owned)
+                .filter(|t| present.contains(t) && wanted(t))
+                .collect()
+        })
         .collect();
-    let unscheduled: Vec<String> = present.into_iter().filter(|p| !tests.contains(p)).collect();
-    tests.extend(unscheduled);
-    if let Some(only) = only {
-        tests.retain(|t| only.contains(t));
+    let scheduled: Vec<&str> = SCHEDULE.iter().flat_map(|g| g.split_whitespace()).collect();
+    for test in &present {
+        if !scheduled.contains(&test.as_str()) && wanted(test) {
+            groups.push(vec![test.clone()]);
+        }
     }
-    tests
+    groups.retain(|group| !group.is_empty());
+    groups
 }
 
 /// Writes, for each COPY data file `X.data` in `data`, the loader `X.data.sql` the prepared tests
