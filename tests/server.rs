@@ -271,6 +271,51 @@ async fn a_client_silent_in_the_middle_of_a_copy_is_timed_out_and_others_proceed
     assert!(sink.close().await.is_err(), "the COPY failed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_ends_a_silent_copy_at_once() {
+    // With the default one-minute idle timeout, a stop used to wait it out.
+    let server = start();
+    let copier = connect(&server).await;
+    copier.batch_execute("CREATE TABLE t(a int)").await.unwrap();
+    let _sink = copy_two_rows_into_t(&copier).await;
+    let stopped = tokio::task::spawn_blocking(move || server.stop());
+    let mut backend = tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("the stop does not wait for the silent client")
+        .unwrap()
+        .unwrap();
+    // The COPY (an extended-protocol batch, left without its Sync) was rolled back, and the
+    // backend serves on.
+    let out = backend.simple_query("SELECT count(*) FROM t").unwrap();
+    assert_eq!(out.scalar(), Some("0"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_a_failed_batch_without_its_sync_leaves_the_session_usable() {
+    let server = start();
+    let mut gone = RawClient::connect(&server).await;
+    // Parse of a bad statement and a Flush, no Sync: the backend now ignores all until a Sync.
+    let mut batch = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::parse("", "SELECT * FROM no_such_table", [], &mut batch).unwrap();
+    postgres_protocol::message::frontend::flush(&mut batch);
+    gone.0.write_all(&batch).await.unwrap();
+    let mut tag = [0u8; 1];
+    gone.0.read_exact(&mut tag).await.unwrap();
+    assert_eq!(tag[0], b'E', "the Parse fails");
+    drop(gone);
+
+    let next = connect(&server).await;
+    let rows = tokio::time::timeout(Duration::from_secs(30), next.simple_query("SELECT 41 + 1"))
+        .await
+        .expect("the next client is answered")
+        .unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("42"));
+}
+
 /// Starts `COPY t FROM STDIN` and sends two rows of data, but not CopyDone: the COPY stays open.
 async fn copy_two_rows_into_t(
     client: &tokio_postgres::Client,

@@ -509,6 +509,11 @@ impl Backend {
     /// rolled back; prepared statements, portals, `SET` values, `LISTEN`s, temporary tables and
     /// advisory locks are discarded; the session runs as the backend's user again.
     pub(crate) fn reset_session(&mut self) -> Result<(), BackendError> {
+        // A Sync first: after an error in an extended-protocol batch that was never ended (its
+        // client gone), the backend ignores everything until one.
+        let mut sync = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::sync(&mut sync);
+        self.exec(&sync)?;
         // One statement per query: DISCARD ALL cannot run in the implicit transaction of a
         // multi-statement query.
         let mut steps = vec!["ROLLBACK".to_owned(), "DISCARD ALL".to_owned()];

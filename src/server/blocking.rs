@@ -7,11 +7,11 @@
 //! that loop, which learns readiness afresh on its next attempt.
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, recv, send};
 
@@ -40,13 +40,14 @@ impl SocketFd {
         unsafe { BorrowedFd::borrow_raw(self.0) }
     }
 
-    /// Writes all of `bytes`, waiting at most `timeout` each time the socket cannot take more.
-    pub fn write_all(self, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    /// Writes all of `bytes`, waiting at most `timeout` each time the socket cannot take more,
+    /// and no longer once `stopping` is raised.
+    pub fn write_all(self, mut bytes: &[u8], timeout: Duration, stopping: &StopSignal) -> io::Result<()> {
         while !bytes.is_empty() {
             // NOSIGNAL: a client gone is an error here, not a SIGPIPE for the process.
             match send(self.borrow(), bytes, SendFlags::NOSIGNAL) {
                 Ok(written) => bytes = &bytes[written..],
-                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, timeout)?,
+                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, timeout, stopping)?,
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -55,8 +56,14 @@ impl SocketFd {
     }
 
     /// Appends what the socket has to `buffer`, waiting at most `timeout` for something to
-    /// arrive. Returns the number of bytes read; 0 when the client closed the connection.
-    pub fn read(self, buffer: &mut bytes::BytesMut, timeout: Duration) -> io::Result<usize> {
+    /// arrive, and no longer once `stopping` is raised. Returns the number of bytes read; 0 when
+    /// the client closed the connection.
+    pub fn read(
+        self,
+        buffer: &mut bytes::BytesMut,
+        timeout: Duration,
+        stopping: &StopSignal,
+    ) -> io::Result<usize> {
         let mut chunk = vec![0u8; CHUNK];
         loop {
             match recv(self.borrow(), &mut chunk[..], RecvFlags::empty()) {
@@ -64,22 +71,30 @@ impl SocketFd {
                     buffer.extend_from_slice(&chunk[..read]);
                     return Ok(read);
                 }
-                Err(Errno::AGAIN) => self.wait(PollFlags::IN, timeout)?,
+                Err(Errno::AGAIN) => self.wait(PollFlags::IN, timeout, stopping)?,
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Waits until the socket is ready for `flags` (or failed), at most `timeout`.
-    fn wait(self, flags: PollFlags, timeout: Duration) -> io::Result<()> {
+    /// Waits until the socket is ready for `flags` (or failed), at most `timeout`; fails at once
+    /// when `stopping` is raised.
+    fn wait(self, flags: PollFlags, timeout: Duration, stopping: &StopSignal) -> io::Result<()> {
         let timeout = Timespec {
             tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
             tv_nsec: timeout.subsec_nanos().into(),
         };
         let fd = self.borrow();
-        let mut fds = [PollFd::new(&fd, flags)];
-        match poll(&mut fds, Some(&timeout)) {
+        let mut fds = [PollFd::new(&fd, flags), PollFd::new(&stopping.0, PollFlags::IN)];
+        let ready = poll(&mut fds, Some(&timeout));
+        if stopping.is_raised() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the server is stopping",
+            ));
+        }
+        match ready {
             Ok(0) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client sent nothing within the idle-in-transaction timeout",
@@ -87,6 +102,33 @@ impl SocketFd {
             Ok(_) | Err(Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Tells the server's thread, even while it waits on a client socket itself (a COPY FROM STDIN),
+/// that the server is stopping: an eventfd that becomes readable when raised.
+#[derive(Clone)]
+pub(crate) struct StopSignal(Arc<OwnedFd>);
+
+impl StopSignal {
+    pub fn new() -> io::Result<StopSignal> {
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(StopSignal(Arc::new(fd)))
+    }
+
+    /// Raises the signal, for good.
+    pub fn raise(&self) {
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    /// Whether the signal is raised.
+    pub fn is_raised(&self) -> bool {
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
     }
 }
 

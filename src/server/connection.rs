@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU32,
     /// Traffic counters and the backend's death, for health checks and metrics.
     pub metrics: Arc<super::metrics::Counters>,
+    /// Raised when the server stops, to end a COPY's wait for its client at once.
+    pub stopping: super::blocking::StopSignal,
     /// Connections past their startup and not yet gone: when the last leaves, the session is
     /// reset for whoever comes next (see [`Connection::clean_up`]).
     pub clients: std::cell::Cell<usize>,
@@ -68,6 +70,8 @@ struct ClientIo {
     /// The socket, for the blocking reads and writes of a COPY FROM STDIN (see
     /// [`Connection::exec`]); it stays open as long as `reader` and `writer`.
     socket: SocketFd,
+    /// Ends those blocking waits when the server stops.
+    stopping: super::blocking::StopSignal,
 }
 
 struct Connection {
@@ -137,6 +141,7 @@ pub(crate) async fn serve(
         input: BytesMut::with_capacity(8192),
         max_message_size: shared.config.max_message_size,
         socket,
+        stopping: shared.stopping.clone(),
     };
     let (mailbox, notifications) = tokio::sync::mpsc::unbounded_channel();
     shared
@@ -744,6 +749,10 @@ impl Connection {
         };
         let mut cleanup = BytesMut::new();
         if in_transaction {
+            // A Sync first: after an error in an extended-protocol batch the client never ended
+            // (a COPY it abandoned, a batch without its Sync), the backend ignores everything
+            // until one, the ROLLBACK too.
+            postgres_protocol::message::frontend::sync(&mut cleanup);
             let _ = postgres_protocol::message::frontend::query("ROLLBACK", &mut cleanup);
         }
         if last {
@@ -838,7 +847,7 @@ impl ClientIo {
                 // A bad length is not consumed: the message loop refuses it.
                 Err(_) => return None,
             }
-            match self.socket.read(&mut self.input, timeout) {
+            match self.socket.read(&mut self.input, timeout, &self.stopping) {
                 Ok(0) | Err(_) => return None,
                 Ok(read) => metrics.received(read),
             }
@@ -873,7 +882,7 @@ fn copy_input(
         // this thread during it.
         let mut io = io.try_lock().ok()?;
         let reply = messages::unrename_reply(&output, &prefix);
-        io.socket.write_all(&reply, timeout).ok()?;
+        io.socket.write_all(&reply, timeout, &io.stopping).ok()?;
         metrics.sent(reply.len());
         let mut more = BytesMut::new();
         loop {

@@ -247,6 +247,7 @@ impl ServerBuilder {
         counters.set_memory_size(backend.memory_size());
         let cancels = Arc::new(accept::CancelRegistry::new(backend.cancel_handle()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopping = blocking::StopSignal::new().map_err(ServerError::Runtime)?;
         let (arrivals_tx, arrivals_rx) = tokio::sync::mpsc::unbounded_channel();
         let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
         let listening = accept::listen(
@@ -267,6 +268,7 @@ impl ServerBuilder {
             arrivals: arrivals_rx,
             requests: requests_rx,
             stop: stop_rx,
+            stopping: stopping.clone(),
         };
         // This thread lends the backend to the server for as long as it runs (the connections
         // then run on the backend's thread), and hands it back at the end.
@@ -289,6 +291,7 @@ impl ServerBuilder {
             unix_socket_path,
             thread: Some(thread),
             stop: stop_tx,
+            stopping,
             listening: Some(std::sync::Mutex::new(listening)),
             monitor: Some(Monitor {
                 requests: requests_tx,
@@ -311,6 +314,7 @@ struct Serving {
     /// Health checks from [`Server::ping`].
     requests: tokio::sync::mpsc::UnboundedReceiver<PingRequest>,
     stop: tokio::sync::watch::Receiver<bool>,
+    stopping: blocking::StopSignal,
 }
 
 /// A [`Server::ping`] waiting for its answer.
@@ -340,6 +344,7 @@ impl Serving {
             next_id: AtomicU32::new(1),
             metrics: self.counters.clone(),
             clients: std::cell::Cell::new(0),
+            stopping: self.stopping.clone(),
         });
         let tasks = tokio::task::LocalSet::new();
         tasks.block_on(&runtime, self.serve(shared.clone()));
@@ -423,6 +428,8 @@ pub struct Server {
     /// The thread that lent the backend to the server; it hands the backend back when it ends.
     thread: Option<std::thread::JoinHandle<Option<Backend>>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Raised with `stop`, for the server thread's blocking waits on a client (a COPY's).
+    stopping: blocking::StopSignal,
     /// Disconnects once the accept thread has closed the listeners.
     listening: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     /// For health checks and metrics.
@@ -556,6 +563,7 @@ impl Server {
     fn stop_all(&mut self) -> Result<Option<Backend>, ServerError> {
         self.monitor = None;
         let _ = self.stop.send(true);
+        self.stopping.raise();
         // The port is free again once this returns.
         if let Some(listening) = self.listening.take() {
             let listening = listening.into_inner().unwrap_or_else(|e| e.into_inner());
