@@ -417,33 +417,28 @@ fn sql_literal(field: &str) -> String {
         };
         if let Some(c) = simple {
             value.push(c);
-        } else if next.is_digit(8) {
-            let mut code = next.to_digit(8).unwrap();
-            for _ in 0..2 {
-                match chars.peek().and_then(|c| c.to_digit(8)) {
-                    Some(d) => {
-                        code = code * 8 + d;
-                        chars.next();
-                    }
-                    None => break,
-                }
-            }
-            value.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+        } else if let Some(first) = next.to_digit(8) {
+            value.push(escaped_char(first, &mut chars, 8));
         } else if next == 'x' && chars.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
-            let mut code = 0;
-            for _ in 0..2 {
-                match chars.peek().and_then(|c| c.to_digit(16)) {
-                    Some(d) => {
-                        code = code * 16 + d;
-                        chars.next();
-                    }
-                    None => break,
-                }
-            }
-            value.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+            value.push(escaped_char(0, &mut chars, 16));
         } else {
             value.push(next);
         }
     }
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The character of a numeric escape (`\NNN` octal, `\xHH` hex) whose digits so far make
+/// `code`: up to two more digits in `radix` are taken from `chars`.
+fn escaped_char(mut code: u32, chars: &mut std::iter::Peekable<std::str::Chars<'_>>, radix: u32) -> char {
+    for _ in 0..2 {
+        match chars.peek().and_then(|c| c.to_digit(radix)) {
+            Some(digit) => {
+                code = code * radix + digit;
+                chars.next();
+            }
+            None => break,
+        }
+    }
+    char::from_u32(code).unwrap_or('\u{fffd}')
 }

@@ -20,24 +20,33 @@ pub struct NativePostgres {
 /// The directory of the native PostgreSQL 18.6 programs (`postgres`, `psql`, `pgbench`, ...),
 /// installed by `scripts/native-postgres` if missing.
 pub fn bindir() -> Result<PathBuf, String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
-    let output = Command::new(&script)
-        .arg("bindir")
+    let output = run_script(Command::new(script()).arg("bindir"))?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+/// `scripts/native-postgres`.
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres")
+}
+
+/// Runs the script as `command` says; its output if it succeeds.
+fn run_script(command: &mut Command) -> Result<std::process::Output, String> {
+    let output = command
         .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
+        .map_err(|e| format!("{}: {e}", script().display()))?;
     if !output.status.success() {
         return Err(format!(
-            "native-postgres bindir failed: {}",
+            "native-postgres failed: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    Ok(output)
 }
 
 impl NativePostgres {
     /// Starts a fresh cluster with `settings` (`name=value`).
     pub fn start(settings: &[&str]) -> Result<NativePostgres, String> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/native-postgres");
+        let script = script();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         // The script needs a port number; ask the OS for a free one.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -49,15 +58,7 @@ impl NativePostgres {
         for s in settings {
             command.args(["-c", s]);
         }
-        let output = command
-            .output()
-            .map_err(|e| format!("{}: {e}", script.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "native-postgres start failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
+        run_script(&mut command)?;
         Ok(NativePostgres { port, script, dir })
     }
 

@@ -111,6 +111,7 @@ impl SocketFd {
 pub(crate) struct StopSignal(Arc<OwnedFd>);
 
 impl StopSignal {
+    /// A signal not yet raised.
     pub fn new() -> io::Result<StopSignal> {
         let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         Ok(StopSignal(Arc::new(fd)))
