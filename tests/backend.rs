@@ -418,6 +418,12 @@ fn an_encoding_conversion_pglite_cannot_run_is_an_error_and_the_backend_lives_on
     let error = out.error.expect("the conversion fails");
     assert_eq!(error.code, "0A000", "{error}");
     assert!(error.message.contains("pg_utf8_islegal"), "{error}");
+    // An error whose report itself needs the conversion: the error raised while reporting it is
+    // reported instead, and the backend recovers, as Postgres' error handler does.
+    let out = db
+        .simple_query("DO $$ BEGIN RAISE EXCEPTION 'caf\u{e9}'; END $$")
+        .unwrap();
+    assert_eq!(out.error.expect("the DO block fails").code, "0A000");
     // The same session carries on, in ASCII and back in UTF-8.
     assert_eq!(scalar(&mut db, "SELECT 'still here'"), "still here");
     query(&mut db, "SET client_encoding = 'UTF8'");

@@ -352,7 +352,7 @@ impl PgInstance {
             set_input_pending(&mut *store).map_err(trap)?;
             match call_at(store, sp, &entry.run_batch, ()) {
                 Ok(()) => return Ok(()),
-                Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => call_at(store, sp, &entry.long_jmp, ())?,
+                Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => recover(store, sp, &entry.long_jmp)?,
                 Err(e) => return Err(e),
             }
         }
@@ -621,6 +621,22 @@ fn call_at<P: WasmParams, R: WasmResults>(
 }
 
 /// Tells the batch loop whether the host still holds input the backend has not read.
+/// Runs the backend's recovery from a top-level ERROR (`long_jmp`: report the error, abort the
+/// transaction). An ERROR raised during the recovery itself — reporting an error in a client
+/// encoding whose conversion fails, say — ends in the same exit: the recovery runs again, as
+/// Postgres' own error handler is entered again, until one completes (each nesting reports
+/// more plainly) or Postgres gives up with a PANIC.
+fn recover(store: &mut Store<HostState>, sp: Val, long_jmp: &TypedFunc<(), ()>) -> Result<(), CallError> {
+    const MOST_NESTED: usize = 16;
+    for _ in 1..MOST_NESTED {
+        match call_at(store, sp, long_jmp, ()) {
+            Err(CallError::Exit(EXIT_TOP_LEVEL_ERROR)) => continue,
+            done => return done,
+        }
+    }
+    call_at(store, sp, long_jmp, ())
+}
+
 fn set_input_pending(mut store: impl AsContextMut<Data = HostState>) -> wasmtime::Result<()> {
     let mut store = store.as_context_mut();
     let (io, exports) = (&store.data().io, store.data().exports());
