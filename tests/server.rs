@@ -356,6 +356,23 @@ async fn discard_all_and_deallocate_all_act_on_the_clients_own_statements_only()
     client.batch_execute("ROLLBACK").await.unwrap();
 }
 
+#[tokio::test]
+async fn a_first_statement_reports_only_the_settings_it_changed() {
+    // As Postgres: a SET's reply carries the ParameterStatus of that setting, and no leftovers of
+    // the server's own start.
+    let server = start();
+    let mut client = RawClient::connect(&server).await;
+    let reply = client
+        .send(|m| postgres_protocol::message::frontend::query("SET application_name = 'first'", m).unwrap())
+        .await;
+    let reported: Vec<String> = reply
+        .iter()
+        .filter(|(tag, _)| *tag == b'S')
+        .map(|(_, body)| String::from_utf8_lossy(body).replace('\0', " ").trim().to_owned())
+        .collect();
+    assert_eq!(reported, ["application_name first"]);
+}
+
 /// The SQLSTATE `sql` fails with.
 async fn error_code(client: &tokio_postgres::Client, sql: &str) -> String {
     let err = client.batch_execute(sql).await.unwrap_err();

@@ -208,6 +208,12 @@ impl ServerBuilder {
         )
         .map_err(ServerError::Runtime)?;
         let parameter_statuses = messages::parameter_statuses(&backend.exec(&startup)?);
+        // The backend holds reports of settings changed before (its boot, the instance's own
+        // SETs) for the end of its next query: an empty one takes them, so that no client's
+        // first reply carries them.
+        let mut empty_query = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query("", &mut empty_query).map_err(ServerError::Runtime)?;
+        backend.exec(&empty_query)?;
 
         let address = format!("{}:{}", self.host, self.port);
         let listener = std::net::TcpListener::bind(&address)
