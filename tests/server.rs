@@ -892,15 +892,8 @@ async fn a_startup_setting_postgres_refuses_closes_that_connection_only() {
     ] {
         let mut config: tokio_postgres::Config = server.url().parse().unwrap();
         config.options(options);
-        // Postgres refuses at connection start; this server, at the first statement (checking
-        // earlier would wait for the backend).
-        let error = match config.connect(NoTls).await {
-            Err(e) => e,
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                client.simple_query("SELECT 1").await.unwrap_err()
-            }
-        };
+        // As Postgres, at connection start (the backend is free).
+        let error = config.connect(NoTls).await.map(drop).unwrap_err();
         let db_error = error
             .as_db_error()
             .unwrap_or_else(|| panic!("{options}: {error}"));
@@ -908,6 +901,18 @@ async fn a_startup_setting_postgres_refuses_closes_that_connection_only() {
         assert_eq!(db_error.code().code(), code, "{options}: {db_error}");
         assert_eq!(show(&other).await, "4MB", "the others are served");
     }
+    // While another connection holds the backend in a transaction, the check waits for the
+    // connection's first statement rather than holding up its start.
+    other.batch_execute("BEGIN").await.unwrap();
+    let mut config: tokio_postgres::Config = server.url().parse().unwrap();
+    config.options("-c work_mem=lots");
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let first = tokio::spawn(async move { client.simple_query("SELECT 1").await.map(drop) });
+    other.batch_execute("COMMIT").await.unwrap();
+    let error = first.await.unwrap().unwrap_err();
+    let db_error = error.as_db_error().expect("a Postgres error");
+    assert_eq!((db_error.severity(), db_error.code().code()), ("FATAL", "22023"));
 }
 
 #[tokio::test]

@@ -238,12 +238,33 @@ impl Connection {
             .filter(|(name, value)| !session::is_server_default(name, value))
             .chain(startup_settings)
             .collect();
+        let has_settings = !startup_settings.is_empty();
         self.shared.settings().saved.insert(self.id, startup_settings);
         let mut out = BytesMut::new();
         if let Some(verifier) = &self.shared.verifier {
             match self.authenticate(verifier.clone(), &user).await? {
                 Some(server_final) => out.extend_from_slice(&server_final),
                 None => return Ok(false),
+            }
+        }
+        // The startup settings are put in force now, so that one the session refuses fails the
+        // connection as in Postgres, when the backend is free; when it is not, at the first
+        // statement (waiting for it here would hold up the connection behind a transaction).
+        if has_settings && let Ok(turn) = self.shared.turn.clone().try_lock_owned() {
+            self.owner = Some(turn);
+            let applied = self.apply_settings().await;
+            self.release();
+            match applied {
+                Ok(None) => {}
+                Ok(Some(error)) => {
+                    self.fatal(&error.code, &error.message).await;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.fatal("57P03", &format!("the database is unavailable: {e}"))
+                        .await;
+                    return Ok(false);
+                }
             }
         }
         put_message(&mut out, b'R', &0u32.to_be_bytes()); // AuthenticationOk
@@ -577,9 +598,8 @@ impl Connection {
     /// case they are first saved for it), so clients that never SET pay nothing.
     ///
     /// Returns the error of a setting the session refuses: one of the client's startup
-    /// parameters (checked here, at its first statement, rather than at connection start, which
-    /// would have to wait for the backend), or, rarely, a SET that no longer holds (a role
-    /// dropped since).
+    /// parameters (checked at connection start when the backend is free, else here at its first
+    /// statement), or, rarely, a SET that no longer holds (a role dropped since).
     async fn apply_settings(&mut self) -> Result<Option<crate::backend::ServerMessage>, BackendError> {
         let (previous, dirty, applied, wanted) = {
             let state = self.shared.settings();
