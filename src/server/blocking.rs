@@ -88,7 +88,7 @@ impl SocketFd {
         let fd = self.borrow();
         let mut fds = [PollFd::new(&fd, flags), PollFd::new(&stopping.0, PollFlags::IN)];
         let ready = poll(&mut fds, Some(&timeout));
-        if stopping.is_raised() {
+        if fds[1].revents().contains(PollFlags::IN) {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "the server is stopping",
@@ -120,16 +120,6 @@ impl StopSignal {
     /// Raises the signal, for good.
     pub fn raise(&self) {
         let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
-    }
-
-    /// Whether the signal is raised.
-    pub fn is_raised(&self) -> bool {
-        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
     }
 }
 

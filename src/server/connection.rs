@@ -110,9 +110,6 @@ struct Connection {
     settings_may_change: bool,
     /// This client's prepared statements that call `set_config` (client names).
     set_config_statements: HashSet<Vec<u8>>,
-    /// Why this connection's settings could not be put in force (see
-    /// [`Connection::apply_settings`]): it is closed with that error.
-    refused: Option<crate::backend::ServerMessage>,
 }
 
 /// The read half of a client socket (TCP or Unix).
@@ -163,7 +160,6 @@ pub(crate) async fn serve(
         prefix: format!("_c{id}_").into(),
         owner: None,
         prepared: HashSet::new(),
-        refused: None,
         settings_may_change: false,
         set_config_statements: HashSet::new(),
     };
@@ -437,12 +433,15 @@ impl Connection {
             if !matches!(tag, b'S' | b'Q' | b'H' | b'F') {
                 continue;
             }
-            let result = self.exec(&batch).await;
-            if let Some(error) = self.refused.take() {
-                // As Postgres refuses a connection whose startup settings it cannot apply.
-                self.fatal(&error.code, &error.message).await;
-                return Ok(());
-            }
+            let result = match self.take_turn().await {
+                Ok(None) => self.exec(&batch),
+                Ok(Some(refused)) => {
+                    // As Postgres refuses a connection whose startup settings it cannot apply.
+                    self.fatal(&refused.code, &refused.message).await;
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = &result {
                 self.shared.metrics.observe(e);
             }
@@ -512,26 +511,24 @@ impl Connection {
     /// calls it.
     fn note_set_config(&mut self, tag: u8, body: &[u8], sql: Option<&str>) {
         let calls_set_config = sql.is_some_and(session::calls_set_config);
+        if tag == b'Q' {
+            self.settings_may_change |= calls_set_config;
+            return;
+        }
+        if !calls_set_config && self.set_config_statements.is_empty() {
+            return;
+        }
+        let Some(name) = messages::statement_named(tag, body) else {
+            return;
+        };
         match tag {
-            b'Q' => self.settings_may_change |= calls_set_config,
+            b'P' if calls_set_config => {
+                self.set_config_statements.insert(name.to_vec());
+            }
             b'P' => {
-                let name = messages::cstr(body, 0)
-                    .map(|(name, _)| name.to_vec())
-                    .unwrap_or_default();
-                if calls_set_config {
-                    self.set_config_statements.insert(name);
-                } else if !self.set_config_statements.is_empty() {
-                    self.set_config_statements.remove(&name);
-                }
+                self.set_config_statements.remove(name);
             }
-            b'B' if !self.set_config_statements.is_empty() => {
-                let statement = messages::cstr(body, 0)
-                    .and_then(|(_, at)| messages::cstr(body, at))
-                    .map(|(name, _)| name);
-                self.settings_may_change |=
-                    statement.is_some_and(|name| self.set_config_statements.contains(name));
-            }
-            _ => {}
+            _ => self.settings_may_change |= self.set_config_statements.contains(name),
         }
     }
 
@@ -652,22 +649,26 @@ impl Connection {
         Ok(kept)
     }
 
-    /// Runs `bytes` on the backend, waiting for this connection's turn first.
+    /// Takes the backend for this connection, unless it holds it already: waits for its turn,
+    /// then puts its settings in force. Returns the error of a setting the session refuses (see
+    /// [`Connection::apply_settings`]).
+    async fn take_turn(&mut self) -> Result<Option<crate::backend::ServerMessage>, BackendError> {
+        if self.owner.is_some() {
+            return Ok(None);
+        }
+        let queued = std::time::Instant::now();
+        self.owner = Some(self.shared.turn.clone().lock_owned().await);
+        self.shared.metrics.waited(queued.elapsed());
+        self.apply_settings().await
+    }
+
+    /// Runs `bytes` on the backend, which this connection holds (see [`Connection::take_turn`]).
     ///
     /// A COPY FROM STDIN needs the client's data, which it sends only after the CopyInResponse,
     /// while the backend is running on this very thread: the backend then writes the reply so
     /// far to the client and reads the client's next messages itself, blocking (see
     /// [`copy_input`]), until CopyDone or CopyFail.
-    async fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
-        if self.owner.is_none() {
-            let queued = std::time::Instant::now();
-            self.owner = Some(self.shared.turn.clone().lock_owned().await);
-            self.shared.metrics.waited(queued.elapsed());
-            if let Some(error) = self.apply_settings().await? {
-                self.refused = Some(error);
-                return Ok(Vec::new());
-            }
-        }
+    fn exec(&mut self, bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
         if std::mem::take(&mut self.needs_own_unnamed) {
             self.restore_unnamed()?;
         }

@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 /// Reads a NUL-terminated string at `at`; returns it and the offset after its NUL.
-pub(crate) fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
+fn cstr(body: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let len = body.get(at..)?.iter().position(|&b| b == 0)?;
     Some((&body[at..at + len], at + len + 1))
 }
@@ -123,6 +123,17 @@ pub(crate) fn unnamed_statement(tag: u8, body: &[u8]) -> UnnamedStatement {
         b'Q' => UnnamedStatement::Dropped,
         _ => UnnamedStatement::Untouched,
     }
+}
+
+/// The prepared statement (client name; empty for the unnamed one) that the Parse `body`
+/// defines or the Bind `body` uses.
+pub(crate) fn statement_named(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    let (name, _) = match tag {
+        b'P' => cstr(body, 0)?,
+        b'B' => cstr(body, cstr(body, 0)?.1)?,
+        _ => return None,
+    };
+    Some(name)
 }
 
 /// What a renamed message does to the connection's set of prepared statements.
