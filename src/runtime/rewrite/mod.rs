@@ -10,10 +10,12 @@
 //!   instantiation must not overwrite;
 //! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
 //!   restore them (3 of the 4 are otherwise hidden);
+//! * calls of small functions are replaced by their bodies ([`inline`]);
 //! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]);
 //! * a batch of frontend messages runs in one call into wasm ([`batch`]).
 //!
-//! Function, table, global and data indices are unchanged: what is added comes after them.
+//! Function, table, global and data indices are unchanged: what is added comes after them, and
+//! an inlined function stays where it was, for its other users (tables, exports, side modules).
 
 use wasm_encoder::{
     DataSection, ExportKind, ExportSection, ImportSection, MemorySection, MemoryType, RawSection,
@@ -22,6 +24,7 @@ use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
 mod append;
 mod batch;
+mod inline;
 mod longjmp;
 
 pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
@@ -32,10 +35,11 @@ pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
 pub(crate) const REWRITE_VERSION: u64 = fnv1a(&REWRITE_SOURCES);
 
 /// The source files of the rewrite, every file of this directory (a test checks).
-const REWRITE_SOURCES: [(&str, &[u8]); 4] = [
+const REWRITE_SOURCES: [(&str, &[u8]); 5] = [
     ("mod.rs", include_bytes!("mod.rs")),
     ("append.rs", include_bytes!("append.rs")),
     ("batch.rs", include_bytes!("batch.rs")),
+    ("inline.rs", include_bytes!("inline.rs")),
     ("longjmp.rs", include_bytes!("longjmp.rs")),
 ];
 
@@ -130,7 +134,8 @@ fn shape(wasm: &[u8]) -> Result<Shape, RewriteError> {
 
 /// Returns `wasm` rewritten as the module docs say.
 pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
-    let out = longjmp::catch_longjmp_in_wasm(&own_memory(wasm)?)?;
+    let out = inline::inline_small_functions(&own_memory(wasm)?)?;
+    let out = longjmp::catch_longjmp_in_wasm(&out)?;
     batch::add_batch_loop(&out)
 }
 
