@@ -445,6 +445,53 @@ fn deep_recursion_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn a_recursion_deeper_than_wasms_stack_is_postgres_error_not_a_crash() {
+    // Neither recursion takes addresses of locals, so Postgres' own measure of its stack (in
+    // linear memory) hardly grows: wasm's stack is what runs out. Without the check of wasm's
+    // stack both ended the backend with a trap.
+    let mut db = Backend::builder().open().unwrap();
+    query(&mut db, "CREATE TABLE kept(x int); INSERT INTO kept VALUES (1)");
+    query(
+        &mut db,
+        "CREATE FUNCTION down(n int) RETURNS int LANGUAGE sql \
+         AS 'SELECT CASE WHEN n = 0 THEN 0 ELSE down(n - 1) END'",
+    );
+    let nested_json = format!(
+        "SELECT '{}{}'::json",
+        "[".repeat(2_000_000),
+        "]".repeat(2_000_000)
+    );
+    for sql in ["SELECT down(1000000)", nested_json.as_str()] {
+        let error = db.simple_query(sql).unwrap().error.expect("too deep");
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            ("54001", "stack depth limit exceeded"),
+            "{sql:.40}"
+        );
+    }
+    // An ERROR like any other: caught by an exception block, rolled back to a savepoint.
+    let out = db
+        .simple_query(
+            "DO $$ BEGIN PERFORM down(1000000); \
+             EXCEPTION WHEN statement_too_complex THEN RAISE NOTICE 'caught'; END $$",
+        )
+        .unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.notices[0].message, "caught");
+    let out = db
+        .simple_query("BEGIN; INSERT INTO kept VALUES (2); SAVEPOINT s; SELECT down(1000000)")
+        .unwrap();
+    assert_eq!(out.error.expect("too deep").code, "54001");
+    query(&mut db, "ROLLBACK TO s; INSERT INTO kept VALUES (3); COMMIT");
+    assert_eq!(
+        scalar(&mut db, "SELECT array_agg(x ORDER BY x) FROM kept"),
+        "{1,2,3}"
+    );
+    assert_eq!(scalar(&mut db, "SELECT down(1000)"), "0");
+    assert!(db.dead_reason().is_none());
+}
+
+#[test]
 fn two_backends_in_one_process_see_nothing_of_each_other() {
     let mut a = Backend::builder().open().unwrap();
     let mut b = Backend::builder().open().unwrap();

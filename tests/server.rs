@@ -381,6 +381,34 @@ async fn error_code(client: &tokio_postgres::Client, sql: &str) -> String {
         .unwrap_or_else(|| panic!("{sql}: {err}"))
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursion_too_deep_fails_that_statement_and_others_carry_on() {
+    let server = start();
+    let deep = connect(&server).await;
+    let other = connect(&server).await;
+    other
+        .batch_execute("CREATE TABLE t(x int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    deep.batch_execute(
+        "CREATE FUNCTION down(n int) RETURNS int LANGUAGE sql \
+         AS 'SELECT CASE WHEN n = 0 THEN 0 ELSE down(n - 1) END'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_code(&deep, "SELECT down(1000000)").await, "54001");
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let n: i32 = deep.query_one("SELECT down(10)", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    drop((deep, other));
+    server.shutdown().unwrap();
+}
+
 /// Leaves, and waits until the server has seen it go (its clean-up runs after the socket closes).
 async fn leave(server: &Server, client: tokio_postgres::Client) {
     let before = server.metrics().connections_open;

@@ -13,7 +13,7 @@ use super::memory::{self, MemoryImage};
 use super::rewrite::{self, START_EXPORT};
 use super::sjlj::{self, ProcessExit};
 use super::state::{Exports, HostState, MoreInput};
-use super::{Runtime, guest};
+use super::{MAX_WASM_STACK, Runtime, guest, guest_error};
 use crate::vfs::Vfs;
 
 /// `exit` status with which `main()` reports a started single-user backend.
@@ -437,8 +437,8 @@ impl PgInstance {
     /// Registers the protocol read/write callbacks and the subprocess hooks (§3.1 step 7).
     fn install_callbacks(&mut self) -> Result<(), CallError> {
         let slots = self.add_callbacks()?;
-        let &[read, write, system, popen, pclose] = slots.as_slice() else {
-            unreachable!("five callbacks")
+        let &[read, write, system, popen, pclose, _stack_check] = slots.as_slice() else {
+            unreachable!("six callbacks")
         };
         self.callback_slots = slots;
         let slot = |s: u32| s as i32;
@@ -448,8 +448,9 @@ impl PgInstance {
         self.call(self.entry.set_pclose_fn.clone(), slot(pclose))
     }
 
-    /// Adds the host callbacks to the table: read, write, system, popen, pclose. Returns their
-    /// slots.
+    /// Adds the host callbacks to the table: read, write, system, popen, pclose, and the check of
+    /// wasm's stack (whose slot goes into the global the rewrite's `stack_check` reads). Returns
+    /// their slots.
     fn add_callbacks(&mut self) -> Result<Vec<u32>, CallError> {
         let read = Func::wrap(
             &mut self.store,
@@ -548,8 +549,19 @@ impl PgInstance {
                 fclose.call(&mut c, file)
             },
         );
+        // The guest's stack check, on wasm's stack: Postgres' ERROR, raised in the guest frames
+        // that are too deep, rather than wasmtime's trap when the stack is gone.
+        let stack_check = Func::wrap(
+            &mut self.store,
+            |mut c: Caller<'_, HostState>| -> wasmtime::Result<()> {
+                if native_stack_pointer() < c.data().native_stack_floor {
+                    return Err(guest_error::raise(&mut c, b"54001", "stack depth limit exceeded"));
+                }
+                Ok(())
+            },
+        );
         let table = self.store.data().exports().table;
-        [read, write, system, popen, pclose]
+        let slots = [read, write, system, popen, pclose, stack_check]
             .into_iter()
             .map(|f| {
                 table
@@ -557,7 +569,20 @@ impl PgInstance {
                     .map(|i| i as u32)
                     .map_err(trap)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let instance = self.store.data().exports().instance;
+        let slot_global = instance
+            .get_global(&mut self.store, rewrite::STACK_CHECK_SLOT_EXPORT)
+            .ok_or_else(|| {
+                CallError::Trap(format!(
+                    "pglite.wasm does not export {}",
+                    rewrite::STACK_CHECK_SLOT_EXPORT
+                ))
+            })?;
+        slot_global
+            .set(&mut self.store, Val::I32(slots[5] as i32))
+            .map_err(trap)?;
+        Ok(slots)
     }
 
     /// Writes `argv` (strings and pointer array) on the C stack; returns (argc, argv).
@@ -613,11 +638,34 @@ fn call_at<P: WasmParams, R: WasmResults>(
     func: &TypedFunc<P, R>,
     params: P,
 ) -> Result<R, CallError> {
-    func.call(&mut *store, params).map_err(|e| {
+    // wasmtime allows wasm `MAX_WASM_STACK` bytes below where this outermost call enters it; the
+    // guest's stack check raises its ERROR with `STACK_CHECK_MARGIN` of them left.
+    let outermost = store.data().native_stack_floor == 0;
+    if outermost {
+        store.data_mut().native_stack_floor =
+            native_stack_pointer().saturating_sub(MAX_WASM_STACK - STACK_CHECK_MARGIN);
+    }
+    let result = func.call(&mut *store, params).map_err(|e| {
         let sp_global = store.data().exports().stack_pointer;
         let _ = sp_global.set(&mut *store, sp);
         classify(store, e)
-    })
+    });
+    if outermost {
+        store.data_mut().native_stack_floor = 0;
+    }
+    result
+}
+
+/// The native stack wasm may use after the guest's stack check has said "stack depth limit
+/// exceeded": for raising the ERROR and for what runs until it is caught, with room to spare for
+/// the levels a recursion can go between two of the checks (`rewrite::stack_check::SAMPLE`).
+const STACK_CHECK_MARGIN: usize = 4 << 20;
+
+/// An address on the current thread's native stack, near its top (the stack grows down).
+#[inline(never)]
+fn native_stack_pointer() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as usize
 }
 
 /// Tells the batch loop whether the host still holds input the backend has not read.

@@ -32,6 +32,9 @@ pub(crate) struct HostState {
     pub monotonic_skip: std::time::Duration,
     /// Table slots already checked by the `invoke_*` trampolines.
     pub invoke_checks: super::sjlj::InvokeChecks,
+    /// While a call into wasm runs: the native stack address below which the guest's stack
+    /// check raises "stack depth limit exceeded" (`rewrite::stack_check`); 0 between calls.
+    pub native_stack_floor: usize,
 }
 
 impl HostState {
@@ -46,6 +49,7 @@ impl HostState {
             epoch: Instant::now(),
             interrupts: Arc::new(InterruptFlags::default()),
             monotonic_skip: std::time::Duration::ZERO,
+            native_stack_floor: 0,
             invoke_checks: Default::default(),
         }
     }

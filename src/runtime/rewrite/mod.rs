@@ -10,6 +10,7 @@
 //!   instantiation must not overwrite;
 //! * every mutable global is also exported as `__harness_global_N`, so a snapshot can record and
 //!   restore them (3 of the 4 are otherwise hidden);
+//! * Postgres' stack check also checks wasm's own stack ([`stack_check`]);
 //! * calls of small functions are replaced by their bodies ([`inline`]);
 //! * a longjmp is caught in wasm, by exception handling, not by host trampolines ([`longjmp`]);
 //! * a batch of frontend messages runs in one call into wasm ([`batch`]).
@@ -26,8 +27,10 @@ mod append;
 mod batch;
 mod inline;
 mod longjmp;
+mod stack_check;
 
 pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
+pub(crate) use stack_check::STACK_CHECK_SLOT_EXPORT;
 
 /// Identifies this rewrite in cache keys (compiled modules, templates): a hash of its source,
 /// so that a module compiled from another rewrite is never reused, without a version to bump
@@ -35,12 +38,13 @@ pub(crate) use batch::{INPUT_PENDING_EXPORT, RUN_BATCH_EXPORT};
 pub(crate) const REWRITE_VERSION: u64 = fnv1a(&REWRITE_SOURCES);
 
 /// The source files of the rewrite, every file of this directory (a test checks).
-const REWRITE_SOURCES: [(&str, &[u8]); 5] = [
+const REWRITE_SOURCES: [(&str, &[u8]); 6] = [
     ("mod.rs", include_bytes!("mod.rs")),
     ("append.rs", include_bytes!("append.rs")),
     ("batch.rs", include_bytes!("batch.rs")),
     ("inline.rs", include_bytes!("inline.rs")),
     ("longjmp.rs", include_bytes!("longjmp.rs")),
+    ("stack_check.rs", include_bytes!("stack_check.rs")),
 ];
 
 /// 64-bit FNV-1a over the contents of `files`, one after the other.
@@ -134,7 +138,8 @@ fn shape(wasm: &[u8]) -> Result<Shape, RewriteError> {
 
 /// Returns `wasm` rewritten as the module docs say.
 pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
-    let out = inline::inline_small_functions(&own_memory(wasm)?)?;
+    let out = stack_check::check_wasm_stack_too(&own_memory(wasm)?)?;
+    let out = inline::inline_small_functions(&out)?;
     let out = longjmp::catch_longjmp_in_wasm(&out)?;
     batch::add_batch_loop(&out)
 }
