@@ -24,7 +24,7 @@ use super::append::{Additions, Counts, append};
 /// The exported `mut i32` holding the table slot of the host's stack check (0 until set).
 pub(crate) const STACK_CHECK_SLOT_EXPORT: &str = "__harness_stack_check_slot";
 
-/// The host is asked on one `check_stack_depth` call in this many: each asks costs a call out
+/// The host is asked on one `check_stack_depth` call in this many: each ask costs a call out
 /// of wasm, and a recursion calls the check at least once a level, so between two asks the stack
 /// grows by at most this many levels (which the host's margin covers many times over).
 pub(crate) const SAMPLE: i32 = 32;
