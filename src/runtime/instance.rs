@@ -668,7 +668,6 @@ fn native_stack_pointer() -> usize {
     std::hint::black_box(&marker) as *const u8 as usize
 }
 
-/// Tells the batch loop whether the host still holds input the backend has not read.
 /// Runs the backend's recovery from a top-level ERROR (`long_jmp`: report the error, abort the
 /// transaction). An ERROR raised during the recovery itself — reporting an error in a client
 /// encoding whose conversion fails, say — ends in the same exit: the recovery runs again, as
@@ -685,6 +684,7 @@ fn recover(store: &mut Store<HostState>, sp: Val, long_jmp: &TypedFunc<(), ()>) 
     call_at(store, sp, long_jmp, ())
 }
 
+/// Tells the batch loop whether the host still holds input the backend has not read.
 fn set_input_pending(mut store: impl AsContextMut<Data = HostState>) -> wasmtime::Result<()> {
     let mut store = store.as_context_mut();
     let (io, exports) = (&store.data().io, store.data().exports());

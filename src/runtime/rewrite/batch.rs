@@ -10,7 +10,6 @@
 //! loop again for the rest of the batch.
 
 use wasm_encoder::{BlockType, ConstExpr, ExportKind, Function, GlobalType, ValType};
-use wasmparser::{ExternalKind, Parser, Payload};
 
 use super::RewriteError;
 use super::append::{Additions, Counts, append};
@@ -37,23 +36,8 @@ struct Plan {
 
 impl Plan {
     fn of(wasm: &[u8]) -> Result<Plan, RewriteError> {
-        let mut export = std::collections::HashMap::new();
-        for payload in Parser::new(0).parse_all(wasm) {
-            if let Payload::ExportSection(reader) = payload? {
-                for e in reader {
-                    let e = e?;
-                    if e.kind == ExternalKind::Func {
-                        export.insert(e.name.to_owned(), e.index);
-                    }
-                }
-            }
-        }
-        let func = |name: &str| {
-            export
-                .get(name)
-                .copied()
-                .ok_or_else(|| RewriteError::Unexpected(format!("no export {name}")))
-        };
+        let exports = super::function_exports(wasm)?;
+        let func = |name: &str| super::exported_function(&exports, name);
         Ok(Plan {
             counts: Counts::of(wasm)?,
             loop_once: func("PostgresMainLoopOnce")?,
@@ -116,6 +100,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmparser::{ExternalKind, Parser, Payload};
 
     #[test]
     fn the_loop_and_its_global_are_exported_after_everything_else() {

@@ -619,27 +619,9 @@ mod tests {
         let wasm = super::super::own_memory(crate::assets::PGLITE_WASM).unwrap();
         let after = inline_small_functions(&wasm).unwrap();
         let palloc_calls = |wasm: &[u8]| {
-            let mut palloc = None;
-            for payload in Parser::new(0).parse_all(wasm) {
-                if let Payload::ExportSection(reader) = payload.unwrap() {
-                    palloc = reader
-                        .into_iter()
-                        .map(Result::unwrap)
-                        .find(|e| e.name == "palloc")
-                        .map(|e| e.index);
-                }
-            }
-            let palloc = palloc.expect("palloc is exported");
-            let module = ModuleFunctions::of(wasm).unwrap();
-            let mut calls = 0;
-            for body in &module.bodies {
-                let mut reader = body.get_operators_reader().unwrap();
-                while !reader.eof() {
-                    calls += usize::from(matches!(reader.read().unwrap(),
-                        Operator::Call { function_index } if function_index == palloc));
-                }
-            }
-            (module.bodies.len(), calls)
+            let palloc = super::super::function_exports(wasm).unwrap()["palloc"];
+            let functions = ModuleFunctions::of(wasm).unwrap().bodies.len();
+            (functions, super::super::calls_of(wasm, palloc))
         };
         let (functions_before, calls_before) = palloc_calls(&wasm);
         let (functions_after, calls_after) = palloc_calls(&after);

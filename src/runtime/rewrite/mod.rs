@@ -136,6 +136,49 @@ fn shape(wasm: &[u8]) -> Result<Shape, RewriteError> {
     Ok(shape)
 }
 
+/// The function exports of `wasm`: name to function index.
+fn function_exports(wasm: &[u8]) -> Result<std::collections::HashMap<String, u32>, RewriteError> {
+    let mut exports = std::collections::HashMap::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::ExportSection(reader) = payload? {
+            for export in reader {
+                let export = export?;
+                if export.kind == ExternalKind::Func {
+                    exports.insert(export.name.to_owned(), export.index);
+                }
+            }
+        }
+    }
+    Ok(exports)
+}
+
+/// The index of the function `exports` (from [`function_exports`]) names `name`.
+fn exported_function(
+    exports: &std::collections::HashMap<String, u32>,
+    name: &str,
+) -> Result<u32, RewriteError> {
+    exports
+        .get(name)
+        .copied()
+        .ok_or_else(|| RewriteError::Unexpected(format!("no export {name}")))
+}
+
+/// How many `call` instructions of function `index` the function bodies of `wasm` hold.
+#[cfg(test)]
+fn calls_of(wasm: &[u8], index: u32) -> usize {
+    let mut calls = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::CodeSectionEntry(body) = payload.unwrap() {
+            let mut reader = body.get_operators_reader().unwrap();
+            while !reader.eof() {
+                calls += usize::from(matches!(reader.read().unwrap(),
+                    Operator::Call { function_index } if function_index == index));
+            }
+        }
+    }
+    calls
+}
+
 /// Returns `wasm` rewritten as the module docs say.
 pub(crate) fn prepare_main_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     let out = stack_check::check_wasm_stack_too(&own_memory(wasm)?)?;

@@ -16,10 +16,9 @@
 //! the main module's checked callers.
 
 use wasm_encoder::{BlockType, ConstExpr, ExportKind, Function, GlobalType, ValType};
-use wasmparser::{ExternalKind, Parser, Payload};
 
-use super::RewriteError;
 use super::append::{Additions, Counts, append};
+use super::{RewriteError, exported_function, function_exports};
 
 /// The exported `mut i32` holding the table slot of the host's stack check (0 until set).
 pub(crate) const STACK_CHECK_SLOT_EXPORT: &str = "__harness_stack_check_slot";
@@ -32,7 +31,7 @@ pub(crate) const SAMPLE: i32 = 32;
 /// Returns `wasm` with its calls of `check_stack_depth` checking wasm's stack too.
 pub(crate) fn check_wasm_stack_too(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     let counts = Counts::of(wasm)?;
-    let check_stack_depth = exported_function(wasm, "check_stack_depth")?;
+    let check_stack_depth = exported_function(&function_exports(wasm)?, "check_stack_depth")?;
     let mut added = Additions::default();
     // [] -> [], for the wrapper and the host function.
     added.types.push((vec![], vec![]));
@@ -74,53 +73,27 @@ pub(crate) fn check_wasm_stack_too(wasm: &[u8]) -> Result<Vec<u8>, RewriteError>
     append(wasm, &added)
 }
 
-fn exported_function(wasm: &[u8], name: &str) -> Result<u32, RewriteError> {
-    for payload in Parser::new(0).parse_all(wasm) {
-        if let Payload::ExportSection(reader) = payload? {
-            for export in reader {
-                let export = export?;
-                if export.kind == ExternalKind::Func && export.name == name {
-                    return Ok(export.index);
-                }
-            }
-        }
-    }
-    Err(RewriteError::Unexpected(format!("no export {name}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmparser::{ExternalKind, Parser, Payload};
 
     #[test]
     fn no_call_reaches_check_stack_depth_but_through_the_wrapper() {
         let wasm = super::super::own_memory(crate::assets::PGLITE_WASM).unwrap();
         let out = check_wasm_stack_too(&wasm).unwrap();
         wasmparser::Validator::new().validate_all(&out).unwrap();
-        let original = exported_function(&out, "check_stack_depth").unwrap();
-        let mut callers = 0;
-        let mut slot_exported = false;
-        for payload in Parser::new(0).parse_all(&out) {
-            match payload.unwrap() {
-                Payload::CodeSectionEntry(body) => {
-                    let mut reader = body.get_operators_reader().unwrap();
-                    while !reader.eof() {
-                        if let wasmparser::Operator::Call { function_index } = reader.read().unwrap()
-                            && function_index == original
-                        {
-                            callers += 1;
-                        }
-                    }
-                }
-                Payload::ExportSection(reader) => {
-                    slot_exported |= reader.into_iter().any(|e| {
-                        let e = e.unwrap();
-                        e.name == STACK_CHECK_SLOT_EXPORT && e.kind == ExternalKind::Global
-                    });
-                }
-                _ => {}
-            }
-        }
+        let original = exported_function(&function_exports(&out).unwrap(), "check_stack_depth").unwrap();
+        let callers = super::super::calls_of(&out, original);
+        let slot_exported = Parser::new(0)
+            .parse_all(&out)
+            .any(|payload| match payload.unwrap() {
+                Payload::ExportSection(reader) => reader.into_iter().any(|e| {
+                    let e = e.unwrap();
+                    e.name == STACK_CHECK_SLOT_EXPORT && e.kind == ExternalKind::Global
+                }),
+                _ => false,
+            });
         assert_eq!(callers, 1, "only the wrapper calls Postgres' check");
         assert!(slot_exported);
     }
